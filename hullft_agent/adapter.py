@@ -1,0 +1,241 @@
+"""TestTimeAdapter: embed the context, pull candidates, select a support set, finetune, report.
+
+One call to `adapt` runs the whole data flow of DESIGN.md and returns an `AdaptationReport` saying
+what was chosen and where the time went. The adapter depends only on interfaces: an embedder with
+`encode`, a `CandidateSource`, and a finetune session, so storage and model details stay elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field
+
+from hullft_agent.candidates import CandidateSource, check_vectors
+from hullft_agent.config import AdapterConfig
+from hullft_agent.finetune import create_session, train_multiset
+from hullft_agent.metrics import BPBResult, score_texts
+from hullft_agent.selection import select_from_config
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TASK = "default"
+
+
+class AdaptationReport(BaseModel):
+    """What one adaptation chose and cost. Times are wall seconds per stage."""
+
+    method: str
+    mode: str
+    task: str | None = None
+    n: int
+    k: int = Field(description="candidate pool size requested")
+    pool_size: int = 0
+    selected_ids: list[str] = Field(default_factory=list)
+    weights: list[float] = Field(default_factory=list)
+    counts: list[int] = Field(default_factory=list)
+    similarities: list[float] = Field(default_factory=list)
+    residual_norm: float | None = None
+    iterations: int | None = None
+    steps: int = 0
+    passes: int = Field(0, description="forward-backward passes actually computed")
+    losses: list[float] = Field(default_factory=list)
+    timings: dict[str, float] = Field(default_factory=dict)
+    skipped: bool = False
+    skip_reason: str | None = None
+
+    @property
+    def adapted(self) -> bool:
+        return not self.skipped and self.steps > 0
+
+
+def _task_file(directory: Path, task: str) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", task)[:100] or "_"
+    return directory / f"{safe}.safetensors"
+
+
+class TestTimeAdapter:
+    """Adapts a local causal LM to each context by finetuning on a selected slice of memory.
+
+    Modes: `per_query` resets the adapter before every adaptation (the published protocol);
+    `per_task` keeps one adapter state per task key and swaps them when the task changes.
+    """
+
+    __test__ = False  # not a pytest test class despite the name
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any = None,
+        *,
+        embedder: Any,
+        source: CandidateSource,
+        config: AdapterConfig | None = None,
+    ) -> None:
+        if tokenizer is None:
+            if not hasattr(model, "tokenizer"):
+                raise TypeError("pass a LoadedModel, or a model together with its tokenizer")
+            model, tokenizer = model.model, model.tokenizer
+        if not isinstance(source, CandidateSource):
+            raise TypeError(f"source must implement CandidateSource.candidates(...), got {type(source).__name__}")
+        self.config = config or AdapterConfig()
+        self.embedder = embedder
+        self.source = source
+        self.tokenizer = tokenizer
+        self.session = create_session(model, tokenizer, self.config.finetune)
+        self._task_states: dict[str, dict[str, torch.Tensor]] = {}
+        self._active_task: str | None = None
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The model in its current (possibly adapted) state; use it to generate or score."""
+        return self.session.model
+
+    # ------------------------------------------------------------------ state management
+    def reset(self) -> None:
+        """Return to the base model (in per_task mode the stored task states are kept)."""
+        self.session.reset()
+        self._active_task = None
+
+    def _activate_task(self, task: str) -> None:
+        if self._active_task == task:
+            return
+        if self._active_task is not None:
+            self._task_states[self._active_task] = self.session.state_dict()
+            self._save_task(self._active_task)
+        if task in self._task_states:
+            self.session.load_state_dict(self._task_states[task])
+        elif self.config.adapter_dir is not None and _task_file(self.config.adapter_dir, task).exists():
+            self.session.load(_task_file(self.config.adapter_dir, task))
+        else:
+            self.session.reset()
+        self._active_task = task
+
+    def _save_task(self, task: str) -> None:
+        if self.config.adapter_dir is None:
+            return
+        self.config.adapter_dir.mkdir(parents=True, exist_ok=True)
+        self.session.snapshot(_task_file(self.config.adapter_dir, task))
+
+    def save_tasks(self) -> None:
+        """Write the active task's adapter to `adapter_dir` (others are written when swapped out)."""
+        if self._active_task is not None:
+            self._task_states[self._active_task] = self.session.state_dict()
+            self._save_task(self._active_task)
+
+    # ------------------------------------------------------------------ the adaptation
+    def adapt(
+        self,
+        context: str,
+        *,
+        task: str | None = None,
+        episode_id: str | None = None,
+        query_vector: np.ndarray | None = None,
+    ) -> AdaptationReport:
+        """Adapt the model to `context`; candidates from `episode_id` are excluded (no leakage)."""
+        if not isinstance(context, str) or not context.strip():
+            raise ValueError(f"context must be a non-empty string, got {context!r:.60}")
+        sel = self.config.selection
+        mode = self.config.mode
+        report = AdaptationReport(method=sel.method, mode=mode, task=task, n=sel.n, k=sel.k)
+        start = time.perf_counter()
+        if mode == "per_query":
+            self.session.reset()
+            restore = self.session.reset
+        else:
+            self._activate_task(task or DEFAULT_TASK)
+            before = self.session.state_dict()
+            restore = lambda: self.session.load_state_dict(before)  # noqa: E731
+        try:
+            self._run(context, task, episode_id, query_vector, report)
+        except BaseException:
+            restore()  # nothing half-adapted survives an error
+            raise
+        report.timings["total"] = time.perf_counter() - start
+        logger.info(
+            "adapt: method=%s pool=%d support=%d passes=%d skipped=%s total=%.3fs",
+            report.method, report.pool_size, len(report.selected_ids), report.passes,
+            report.skip_reason, report.timings["total"],
+        )
+        return report
+
+    def _run(
+        self,
+        context: str,
+        task: str | None,
+        episode_id: str | None,
+        query_vector: np.ndarray | None,
+        report: AdaptationReport,
+    ) -> None:
+        sel = self.config.selection
+        timings = report.timings
+        if sel.method == "none":
+            report.skipped, report.skip_reason = True, "selection method is 'none'"
+            return
+
+        t0 = time.perf_counter()
+        if query_vector is None:
+            q = np.asarray(self.embedder.encode(context), dtype=np.float32)
+        else:
+            q = check_vectors(np.asarray(query_vector).reshape(1, -1), what="query_vector")[0]
+        timings["embed"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        task_filter = task if self.config.same_task_only else None
+        pool = self.source.candidates(q, sel.k, task=task_filter, exclude_episode=episode_id)
+        timings["retrieve"] = time.perf_counter() - t0
+        report.pool_size = len(pool)
+        if len(pool) == 0:
+            report.skipped = True
+            report.skip_reason = "no candidates: the memory is empty or every row was filtered out"
+            return
+
+        t0 = time.perf_counter()
+        selection = select_from_config(sel, pool.vectors, q)
+        timings["select"] = time.perf_counter() - t0
+        idx = selection.indices
+        report.selected_ids = [pool.ids[i] for i in idx]
+        report.weights = [float(w) for w in selection.weights]
+        report.counts = [int(c) for c in selection.counts]
+        report.similarities = [float(pool.similarities[i]) for i in idx]
+        report.residual_norm = _maybe_float(selection.diagnostics.get("residual_norm"))
+        iterations = selection.diagnostics.get("iterations")
+        report.iterations = None if iterations is None else int(iterations)
+
+        t0 = time.perf_counter()
+        result = train_multiset(
+            self.session, [pool.texts[i] for i in idx], report.counts, self.config.finetune
+        )
+        timings["finetune"] = time.perf_counter() - t0
+        report.steps, report.passes, report.losses = result.steps, result.passes, list(result.losses)
+        if not result.ok:
+            report.skipped = True
+            report.skip_reason = f"finetuning stopped and the adapter was reset: {result.stopped_reason}"
+            if self.config.mode == "per_task":
+                self._task_states.pop(self._active_task or DEFAULT_TASK, None)
+
+    @contextmanager
+    def adapted(self, context: str, **kwargs: Any) -> Iterator[AdaptationReport]:
+        """Adapt for the duration of a `with` block; per_query mode restores the base model after."""
+        report = self.adapt(context, **kwargs)
+        try:
+            yield report
+        finally:
+            if self.config.mode == "per_query":
+                self.session.reset()
+
+    def score(self, texts: list[str], **kwargs: Any) -> BPBResult:
+        """Bits-per-byte of `texts` under the model as it is now (adapted or not)."""
+        return score_texts(self.model, self.tokenizer, texts, **kwargs)
+
+
+def _maybe_float(value: Any) -> float | None:
+    return None if value is None else float(value)

@@ -1,0 +1,147 @@
+"""Where an adapter gets its candidate pool: a protocol, and an in-memory implementation.
+
+The LanceDB `TrajectoryMemory` implements the same protocol, so the adapter never depends on storage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CandidatePool:
+    """K candidates for one query: ids, the texts a model trains on, unit-norm vectors, similarities."""
+
+    ids: list[str]
+    texts: list[str]
+    vectors: np.ndarray
+    similarities: np.ndarray
+    metadata: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        k = len(self.ids)
+        if len(self.texts) != k or self.vectors.shape[0] != k or self.similarities.shape[0] != k:
+            raise ValueError(
+                f"CandidatePool fields disagree in length: {k} ids, {len(self.texts)} texts, "
+                f"{self.vectors.shape[0]} vectors, {self.similarities.shape[0]} similarities"
+            )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def empty(cls, dim: int) -> CandidatePool:
+        return cls([], [], np.zeros((0, dim), dtype=np.float32), np.zeros(0, dtype=np.float32))
+
+
+@runtime_checkable
+class CandidateSource(Protocol):
+    """Anything that returns the k rows nearest a query vector, minus an excluded episode."""
+
+    def candidates(
+        self,
+        vector: np.ndarray,
+        k: int,
+        *,
+        task: str | None = None,
+        exclude_episode: str | None = None,
+    ) -> CandidatePool: ...
+
+
+def check_vectors(vectors: np.ndarray, dim: int | None = None, what: str = "vectors") -> np.ndarray:
+    """Return `vectors` as a float32 (n, d) array or raise naming the first bad row."""
+    array = np.asarray(vectors, dtype=np.float32)
+    if array.ndim != 2:
+        raise ValueError(f"{what} must be a 2-D (n, d) array, got shape {array.shape}")
+    if dim is not None and array.shape[1] != dim:
+        raise ValueError(f"{what} must have dimension {dim}, got {array.shape[1]}")
+    finite = np.isfinite(array).all(axis=1)
+    if not finite.all():
+        raise ValueError(f"{what} row {int(np.argmin(finite))} contains NaN or inf")
+    return array
+
+
+def _normalise(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise ValueError(f"vector row {int(np.argmin(norms[:, 0]))} is all zeros and cannot be normalised")
+    return (vectors / norms).astype(np.float32)
+
+
+class InMemoryCandidates:
+    """A candidate source over a list of texts, embedded once (or given precomputed embeddings).
+
+    Brute-force inner-product search; fine for pools up to ~10^5 rows. `episodes` and `tasks`
+    (optional, one per text) let `candidates` exclude an episode or restrict to a task.
+    """
+
+    def __init__(
+        self,
+        texts: Sequence[str],
+        embeddings: np.ndarray | None = None,
+        *,
+        embedder: Any = None,
+        ids: Sequence[str] | None = None,
+        episodes: Sequence[str | None] | None = None,
+        tasks: Sequence[str | None] | None = None,
+    ) -> None:
+        texts = list(texts)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"texts[{i}] must be a non-empty string, got {text!r:.60}")
+        if embeddings is None:
+            if embedder is None:
+                raise ValueError("InMemoryCandidates needs either precomputed embeddings or an embedder")
+            embeddings = embedder.encode(texts) if texts else np.zeros((0, embedder.dim), np.float32)
+        vectors = check_vectors(embeddings, what="embeddings")
+        if vectors.shape[0] != len(texts):
+            raise ValueError(f"got {len(texts)} texts but {vectors.shape[0]} embeddings")
+        self.texts = texts
+        self.vectors = _normalise(vectors) if len(texts) else vectors
+        self.ids = [str(i) for i in (ids if ids is not None else range(len(texts)))]
+        self.episodes = list(episodes) if episodes is not None else [None] * len(texts)
+        self.tasks = list(tasks) if tasks is not None else [None] * len(texts)
+        for name, values in (("ids", self.ids), ("episodes", self.episodes), ("tasks", self.tasks)):
+            if len(values) != len(texts):
+                raise ValueError(f"{name} has {len(values)} entries but there are {len(texts)} texts")
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def candidates(
+        self,
+        vector: np.ndarray,
+        k: int,
+        *,
+        task: str | None = None,
+        exclude_episode: str | None = None,
+    ) -> CandidatePool:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        query = check_vectors(np.asarray(vector).reshape(1, -1), self.dim, what="query vector")[0]
+        keep = np.ones(len(self.texts), dtype=bool)
+        if exclude_episode is not None:
+            keep &= np.array([e != exclude_episode for e in self.episodes], dtype=bool)
+        if task is not None:
+            keep &= np.array([t == task for t in self.tasks], dtype=bool)
+        rows = np.flatnonzero(keep)
+        if rows.size == 0:
+            return CandidatePool.empty(self.dim)
+        sims = self.vectors[rows] @ query
+        top = np.argsort(-sims, kind="stable")[:k]
+        chosen = rows[top]
+        return CandidatePool(
+            ids=[self.ids[i] for i in chosen],
+            texts=[self.texts[i] for i in chosen],
+            vectors=self.vectors[chosen],
+            similarities=sims[top].astype(np.float32),
+            metadata=[{"episode": self.episodes[i], "task": self.tasks[i]} for i in chosen],
+        )

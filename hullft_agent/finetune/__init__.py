@@ -1,0 +1,14 @@
+"""Test-time finetuning: sessions (LoRA or full) with exact reset, and the multiset trainer."""
+
+from hullft_agent.finetune.session import FinetuneSession, FullSession, LoRASession, create_session
+from hullft_agent.finetune.trainer import TrainResult, encode_for_training, train_multiset
+
+__all__ = [
+    "FinetuneSession",
+    "FullSession",
+    "LoRASession",
+    "TrainResult",
+    "create_session",
+    "encode_for_training",
+    "train_multiset",
+]

@@ -1,0 +1,222 @@
+"""Test-time training on a multiset of sequences, with gradient reuse.
+
+The multiset is `texts[i]` repeated `counts[i]` times, trained in the given order with the repeats of
+one sequence consecutive, one Adam step per instance and batch size 1. For a sequence of
+multiplicity J a fresh forward+backward runs on repeats j = 0, r, 2r, ... (r = refresh interval);
+the other repeats step again with the gradient of the last fresh pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import operator
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from hullft_agent.config import FinetuneConfig
+from hullft_agent.finetune.session import FinetuneSession
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What one `train_multiset` call did.
+
+    steps: optimizer steps taken; passes: fresh forward+backward passes run (the failed one
+    included when a loss was non-finite); losses / pass_times: loss and seconds of each fresh pass;
+    tokens: non-padding tokens fed through fresh passes; ok False with `stopped_reason` when training
+    stopped early (the session is then reset to its initial state).
+    """
+
+    steps: int
+    passes: int
+    losses: list[float] = field(default_factory=list)
+    pass_times: list[float] = field(default_factory=list)
+    wall_time: float = 0.0
+    ok: bool = True
+    stopped_reason: str | None = None
+    tokens: int = 0
+
+
+def bos_token_id(tokenizer: Any) -> int:
+    """The token prepended to every sequence: BOS, else EOS (as the BPB scorer does)."""
+    for attr in ("bos_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            return int(value)
+    raise ValueError("the tokenizer has neither a BOS nor an EOS token to prepend")
+
+
+def _pad_token_id(tokenizer: Any) -> int:
+    value = getattr(tokenizer, "pad_token_id", None)
+    if value is not None:
+        return int(value)
+    value = getattr(tokenizer, "eos_token_id", None)
+    return int(value) if value is not None else bos_token_id(tokenizer)
+
+
+def encode_for_training(
+    tokenizer: Any, text: str, max_length: int, pad_to: int | None = None
+) -> dict[str, Tensor]:
+    """Tokenise one training sequence: BOS + text tokens, truncated, optionally right-padded.
+
+    Returns `input_ids`, `attention_mask` and `labels`, each of shape (1, L). The sequence is cut to
+    `max_length` tokens (BOS included), and to `pad_to` when set; with `pad_to` it is then padded to
+    exactly `pad_to` tokens with the pad token, attention mask 0 and label -100 on the pads.
+    """
+    if max_length < 2:
+        raise ValueError(f"max_length must be at least 2 (BOS and one token), got {max_length}")
+    if pad_to is not None and pad_to < 2:
+        raise ValueError(f"pad_to must be at least 2, got {pad_to}")
+    limit = max_length if pad_to is None else min(max_length, pad_to)
+    ids = [bos_token_id(tokenizer), *tokenizer(text, add_special_tokens=False)["input_ids"]][:limit]
+    n_real = len(ids)
+    if pad_to is not None:
+        ids = ids + [_pad_token_id(tokenizer)] * (pad_to - n_real)
+    input_ids = torch.tensor([ids], dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    attention_mask[0, :n_real] = 1
+    labels = input_ids.clone()
+    labels[0, n_real:] = -100
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def _validate(texts: Sequence[str], counts: Sequence[int]) -> list[int]:
+    if isinstance(texts, str):
+        raise ValueError("texts must be a sequence of strings, not a single string")
+    if len(texts) != len(counts):
+        raise ValueError(f"texts and counts differ in length ({len(texts)} vs {len(counts)})")
+    clean: list[int] = []
+    for i, (text, count) in enumerate(zip(texts, counts, strict=True)):
+        if not isinstance(text, str) or not text:
+            raise ValueError(f"texts[{i}] must be a non-empty string, got {text!r:.40}")
+        if isinstance(count, bool):
+            raise ValueError(f"counts[{i}] must be an integer, got {count!r}")
+        try:
+            value = operator.index(count)
+        except TypeError:
+            raise ValueError(f"counts[{i}] must be an integer, got {count!r}") from None
+        if value < 0:
+            raise ValueError(f"counts[{i}] must be >= 0, got {value}")
+        clean.append(value)
+    return clean
+
+
+def _make_optimizer(params: list[nn.Parameter], config: FinetuneConfig) -> torch.optim.Optimizer:
+    """Fresh Adam for one call; the multi-tensor (foreach) path keeps the per-step cost small."""
+    return torch.optim.Adam(params, lr=config.lr, eps=config.adam_eps, foreach=True)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def train_multiset(
+    session: FinetuneSession,
+    texts: Sequence[str],
+    counts: Sequence[int],
+    config: FinetuneConfig | None = None,
+) -> TrainResult:
+    """Train `session` on the multiset {texts[i] x counts[i]} in the given order.
+
+    One Adam step per instance (sum(counts) steps), a fresh forward+backward on repeats 0, r, 2r, ...
+    of each sequence and the cached gradient on the others (sum(ceil(J / r)) passes). A count of 0
+    skips its text. A non-finite loss stops training, resets the session and returns `ok=False`; any
+    exception resets the session and is re-raised, so the model is never left half-adapted.
+    """
+    config = config if config is not None else FinetuneConfig()
+    start = time.perf_counter()
+    multiplicities = _validate(texts, counts)
+    if config.seed is not None:
+        torch.manual_seed(config.seed)
+
+    model = session.model
+    device = _model_device(model)
+    encoded: dict[str, tuple[dict[str, Tensor], int]] = {}
+    plan: list[tuple[dict[str, Tensor], int, int]] = []
+    for text, count in zip(texts, multiplicities, strict=True):
+        if count == 0:
+            continue
+        if text not in encoded:
+            enc = encode_for_training(session.tokenizer, text, config.max_length, config.pad_to)
+            n_real = int(enc["attention_mask"].sum())
+            encoded[text] = ({key: value.to(device) for key, value in enc.items()}, n_real)
+        enc, n_real = encoded[text]
+        plan.append((enc, count, n_real))
+
+    result = TrainResult(steps=0, passes=0)
+    if not plan:
+        result.wall_time = time.perf_counter() - start
+        return result
+
+    params = session.trainable_parameters()
+    optimizer = _make_optimizer(params, config)
+    r = config.refresh_interval
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    losses, pass_times = result.losses, result.pass_times
+    perf_counter = time.perf_counter
+    if session.uses_dropout:
+        model.train()
+    try:
+        steps = passes = tokens = 0
+        for enc, count, n_real in plan:
+            cached: list[Tensor | None] = []
+            for j in range(count):
+                if j % r == 0:
+                    optimizer.zero_grad(set_to_none=True)
+                    t0 = perf_counter()
+                    loss = model(**enc, use_cache=False).loss
+                    loss_value = loss.item()
+                    passes += 1
+                    if not math.isfinite(loss_value):
+                        pass_times.append(perf_counter() - t0)
+                        losses.append(loss_value)
+                        result.steps, result.passes, result.tokens = steps, passes, tokens
+                        result.ok = False
+                        result.stopped_reason = f"non-finite loss at step {steps + 1}"
+                        logger.warning("%s; resetting the session to its initial state", result.stopped_reason)
+                        session.reset()
+                        result.wall_time = perf_counter() - start
+                        return result
+                    loss.backward()
+                    if sync is not None:
+                        sync()
+                    pass_times.append(perf_counter() - t0)
+                    losses.append(loss_value)
+                    tokens += n_real
+                    if r > 1 and j + 1 < count:
+                        # Adam (no weight decay, no maximize, no grad scaler) never writes to .grad and
+                        # zero_grad(set_to_none=True) only drops the reference, so the cached gradient
+                        # tensors can be shared with the reuse steps without a copy.
+                        cached = [p.grad for p in params]
+                else:
+                    for p, grad in zip(params, cached, strict=True):
+                        p.grad = grad
+                optimizer.step()
+                steps += 1
+        result.steps, result.passes, result.tokens = steps, passes, tokens
+    except BaseException:
+        logger.warning("training failed; resetting the session to its initial state")
+        session.reset()
+        raise
+    finally:
+        optimizer.zero_grad(set_to_none=True)
+        model.eval()
+    result.wall_time = time.perf_counter() - start
+    logger.debug(
+        "trained %d steps with %d fresh passes (%d tokens) in %.3fs",
+        result.steps,
+        result.passes,
+        result.tokens,
+        result.wall_time,
+    )
+    return result
