@@ -181,7 +181,9 @@ class LoRASession(FinetuneSession):
         with torch.no_grad():
             nonzero = [n for n, p in self._params.items() if "lora_B" in n and bool(p.any())]
         if nonzero:
-            raise RuntimeError(f"LoRA B is not zero-initialised ({_preview(nonzero)}); the start would differ")
+            raise RuntimeError(
+                f"LoRA B is not zero-initialised ({_preview(nonzero)}); the start would differ"
+            )
         logger.debug(
             "LoRA session: r=%d alpha=%s on %s, %d trainable parameters",
             lora.r,
@@ -243,7 +245,9 @@ def _check_targets(model: nn.Module, targets: list[str]) -> None:
     names = [name for name, _ in model.named_modules() if name]
     missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
     if missing:
-        linear = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)})
+        linear = sorted(
+            {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+        )
         raise ValueError(
             f"LoRA target module(s) {missing} match no module of {type(model).__name__}; "
             f"its linear modules are {linear}"

@@ -183,7 +183,9 @@ def train_multiset(
                         result.steps, result.passes, result.tokens = steps, passes, tokens
                         result.ok = False
                         result.stopped_reason = f"non-finite loss at step {steps + 1}"
-                        logger.warning("%s; resetting the session to its initial state", result.stopped_reason)
+                        logger.warning(
+                            "%s; resetting the session to its initial state", result.stopped_reason
+                        )
                         session.reset()
                         result.wall_time = perf_counter() - start
                         return result

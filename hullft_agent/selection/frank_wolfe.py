@@ -76,33 +76,37 @@ def frank_wolfe(
 def _frank_wolfe(X: np.ndarray, q: np.ndarray, n: int, max_iter: int, tol: float) -> FWResult:
     K = X.shape[0]
     b = X @ q  # <x_i, q>
+    b_l = b.tolist()
     qq = float(q @ q)
     i0 = int(np.argmax(b))
 
-    cache: dict[int, np.ndarray] = {}  # s -> X (q - x_s)
+    # Per visited atom s: the vector X (q - x_s) and ||x_s||^2.
+    cols: dict[int, np.ndarray] = {}
+    sqn: dict[int, float] = {}
 
-    def column(s: int) -> np.ndarray:
-        a = cache.get(s)
-        if a is None:
-            a = b - X @ X[s]
-            cache[s] = a
-        return a
+    a0 = b - X @ X[i0]
+    cols[i0] = a0
+    sqn[i0] = b_l[i0] - float(a0[i0])
 
-    # True state: g_true = alpha * g, w_true = alpha * w (one shared lazy scale).
-    g = column(i0).copy()  # X (q - x_i0) = X r at w = e_i0
-    w = np.zeros(K, dtype=np.float64)
+    # True state: g_true = alpha * g (g = X r) and w_true = alpha * w (one shared lazy scale), so a
+    # step only does g += c * a_s on one K-vector.
+    g = a0.copy()
+    tmp = np.empty(K, dtype=np.float64)
+    w = [0.0] * K
     w[i0] = 1.0
     alpha = 1.0
-    in_support = np.zeros(K, dtype=bool)
+    in_support = [False] * K
     in_support[i0] = True
     n_support = 1
 
-    qp = float(b[i0])  # <q, p>
-    pp = float(b[i0] - g[i0])  # <p, p> = ||x_i0||^2
+    qp = b_l[i0]  # <q, p>, p = X^T w
+    pp = sqn[i0]  # <p, p>
     tol2 = tol * tol
     history = []
     stop_reason = "max_iter"
     iterations = 0
+    multiply = np.multiply
+    add = np.add
     for _ in range(max_iter):
         rr = qq - 2.0 * qp + pp
         history.append(rr)
@@ -113,16 +117,20 @@ def _frank_wolfe(X: np.ndarray, q: np.ndarray, n: int, max_iter: int, tol: float
         if not in_support[s] and n_support >= n:
             stop_reason = "support_limit"
             break
-        a = column(s)
-        bs = float(b[s])
+        a = cols.get(s)
+        if a is None:
+            a = b - X @ X[s]
+            cols[s] = a
+            sqn[s] = b_l[s] - float(a[s])
+        bs = b_l[s]
+        gss = sqn[s]  # ||x_s||^2
         gs = alpha * float(g[s])  # <r, x_s>
         hs = bs - gs  # <p, x_s>
-        gss = bs - float(a[s])  # ||x_s||^2
-        rd = gs - (qp - pp)  # <r, d>
-        dd = gss - 2.0 * hs + pp  # ||d||^2
+        rd = gs - qp + pp  # <r, d> = <r, x_s> - <r, p>
         if rd <= 0.0:
             stop_reason = "stationary"
             break
+        dd = gss - 2.0 * hs + pp  # ||d||^2
         if dd <= 1e-14 * (gss + pp) + _TINY:
             stop_reason = "degenerate"
             break
@@ -131,10 +139,10 @@ def _frank_wolfe(X: np.ndarray, q: np.ndarray, n: int, max_iter: int, tol: float
         if gamma >= 1.0:
             # Jump to the vertex x_s: everything else drops out of the support.
             g[:] = a
-            w[:] = 0.0
+            w = [0.0] * K
             w[s] = 1.0
             alpha = 1.0
-            in_support[:] = False
+            in_support = [False] * K
             in_support[s] = True
             n_support = 1
             qp = bs
@@ -145,22 +153,22 @@ def _frank_wolfe(X: np.ndarray, q: np.ndarray, n: int, max_iter: int, tol: float
         qp = one_m * qp + gamma * bs
         alpha *= one_m
         c = gamma / alpha
-        g += c * a
+        multiply(a, c, tmp)
+        add(g, tmp, g)
         w[s] += c
         if not in_support[s]:
             in_support[s] = True
             n_support += 1
-        if alpha < 1e-150:  # renormalise the lazy scale before it underflows
+        if alpha < 1e-100:  # fold the lazy scale in before it underflows
             g *= alpha
-            w *= alpha
+            w = [v * alpha for v in w]
             alpha = 1.0
     else:
         history.append(qq - 2.0 * qp + pp)
 
-    w_true = w * alpha
-    w_true[~in_support] = 0.0
-    total = w_true.sum()
-    w_true /= total
+    w_true = np.asarray(w, dtype=np.float64) * alpha
+    w_true[~np.asarray(in_support, dtype=bool)] = 0.0
+    w_true /= w_true.sum()
     support = np.flatnonzero(w_true > 0.0)
     support = support[np.argsort(-w_true[support], kind="stable")].astype(np.int64)
     residual = q - w_true[support] @ X[support]

@@ -1,0 +1,250 @@
+"""TestTimeAdapter on the tiny model: reports, modes, leakage exclusion and failure safety."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from hullft_agent.adapter import TestTimeAdapter
+from hullft_agent.candidates import CandidatePool, InMemoryCandidates
+from hullft_agent.config import AdapterConfig, FinetuneConfig, LoRAConfig, SelectionConfig
+
+
+class HashEmbedder:
+    """Deterministic bag-of-words vectors: similar word sets give similar vectors."""
+
+    model_name = "hash-16"
+    dim = 16
+
+    def encode(self, texts):
+        single = isinstance(texts, str)
+        rows = []
+        for text in [texts] if single else texts:
+            v = np.zeros(self.dim, dtype=np.float32)
+            for word in text.lower().split():
+                h = int(hashlib.md5(word.encode()).hexdigest(), 16)
+                v[h % self.dim] += 1.0 if (h >> 8) % 2 else -1.0
+            v /= max(np.linalg.norm(v), 1e-6)
+            rows.append(v)
+        out = np.stack(rows)
+        return out[0] if single else out
+
+
+TEXTS = [
+    "open the fridge and take the potato",
+    "go north to the pantry and take the salt",
+    "cook the potato on the stove then eat it",
+    "the kitchen has a stove a counter and a fridge",
+    "slice the yellow potato with the knife",
+    "go south to the garden and pick the apple",
+]
+EPISODES = ["e1", "e1", "e2", "e2", "e3", "e3"]
+
+
+def make_config(**selection) -> AdapterConfig:
+    return AdapterConfig(
+        selection=SelectionConfig(**{"n": 4, "k": 6, **selection}),
+        finetune=FinetuneConfig(lr=1e-2, max_length=32, lora=LoRAConfig(r=4, alpha=8)),
+    )
+
+
+def make_adapter(tiny_model, tiny_tokenizer, texts=TEXTS, episodes=EPISODES, **config_kwargs):
+    embedder = HashEmbedder()
+    source = InMemoryCandidates(texts, embedder=embedder, episodes=episodes) if texts else InMemoryCandidates(
+        [], np.zeros((0, embedder.dim), np.float32)
+    )
+    config = config_kwargs.pop("config", None) or make_config(**config_kwargs)
+    return TestTimeAdapter(tiny_model, tiny_tokenizer, embedder=embedder, source=source, config=config)
+
+
+def logits(adapter, text="take the potato"):
+    ids = adapter.tokenizer(text, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return adapter.model(ids).logits
+
+
+@pytest.mark.parametrize("method", ["hullft", "knn", "sift"])
+def test_adapt_reports_selection_and_changes_the_model(tiny_model, tiny_tokenizer, method):
+    adapter = make_adapter(tiny_model, tiny_tokenizer, method=method)
+    base = logits(adapter)
+    report = adapter.adapt("take the potato from the fridge")
+    assert not report.skipped and report.adapted
+    assert sum(report.counts) == 4 and report.steps == 4
+    assert len(report.selected_ids) == len(report.weights) == len(report.counts) == len(report.similarities)
+    assert set(report.selected_ids) <= {str(i) for i in range(len(TEXTS))}
+    assert report.pool_size == len(TEXTS)
+    assert {"embed", "retrieve", "select", "finetune", "total"} <= set(report.timings)
+    assert report.passes >= 1
+    assert not torch.equal(base, logits(adapter))
+
+
+def test_per_query_adapted_block_restores_base_exactly(tiny_model, tiny_tokenizer):
+    adapter = make_adapter(tiny_model, tiny_tokenizer)
+    base = logits(adapter)
+    with adapter.adapted("cook the potato") as report:
+        assert report.adapted
+        assert not torch.equal(base, logits(adapter))
+    assert torch.equal(base, logits(adapter))
+
+
+def test_per_query_resets_between_calls(tiny_model, tiny_tokenizer):
+    adapter = make_adapter(tiny_model, tiny_tokenizer)
+    adapter.adapt("cook the potato")
+    first = logits(adapter)
+    adapter.adapt("cook the potato")
+    assert torch.allclose(first, logits(adapter), atol=1e-6), "per_query must start each adaptation from base"
+
+
+def test_current_episode_is_excluded(tiny_model, tiny_tokenizer):
+    adapter = make_adapter(tiny_model, tiny_tokenizer)
+    report = adapter.adapt("open the fridge", episode_id="e1")
+    assert report.pool_size == 4
+    assert not {"0", "1"} & set(report.selected_ids)
+
+
+def test_empty_pool_skips_and_serves_base(tiny_model, tiny_tokenizer):
+    adapter = make_adapter(tiny_model, tiny_tokenizer, texts=[], episodes=None)
+    base = logits(adapter)
+    report = adapter.adapt("anything at all")
+    assert report.skipped and "no candidates" in report.skip_reason
+    assert report.steps == 0
+    assert torch.equal(base, logits(adapter))
+
+
+def test_everything_filtered_out_skips(tiny_model, tiny_tokenizer):
+    adapter = make_adapter(tiny_model, tiny_tokenizer, texts=TEXTS[:2], episodes=["e1", "e1"])
+    report = adapter.adapt("open the fridge", episode_id="e1")
+    assert report.skipped and report.pool_size == 0
+
+
+def test_method_none_skips(tiny_model, tiny_tokenizer):
+    adapter = make_adapter(tiny_model, tiny_tokenizer, method="none")
+    base = logits(adapter)
+    report = adapter.adapt("open the fridge")
+    assert report.skipped and "none" in report.skip_reason
+    assert torch.equal(base, logits(adapter))
+
+
+def test_per_task_keeps_and_swaps_adapters(tiny_model, tiny_tokenizer, tmp_path):
+    config = make_config()
+    config.mode = "per_task"
+    config.adapter_dir = tmp_path
+    adapter = make_adapter(tiny_model, tiny_tokenizer, config=config)
+    base = logits(adapter)
+    adapter.adapt("cook the potato", task="game-a")
+    after_a1 = logits(adapter)
+    adapter.adapt("cook the potato", task="game-a")
+    after_a2 = logits(adapter)
+    assert not torch.allclose(after_a1, after_a2), "per_task keeps training the same adapter"
+    adapter.adapt("go to the garden", task="game-b")
+    after_b = logits(adapter)
+    assert not torch.allclose(after_b, after_a2)
+    adapter.adapt("cook the potato", task="game-a")  # swaps game-a back in and trains once more
+    assert (tmp_path / "game-b.safetensors").exists()
+    adapter.reset()
+    assert torch.equal(base, logits(adapter))
+
+
+def test_failure_mid_training_leaves_base_model(tiny_model, tiny_tokenizer, monkeypatch):
+    adapter = make_adapter(tiny_model, tiny_tokenizer)
+    base = logits(adapter)
+    calls = {"n": 0}
+
+    def explode(module, inputs, output):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("boom")
+
+    handle = adapter.model.get_base_model().model.layers[0].register_forward_hook(explode)
+    with pytest.raises(RuntimeError, match="boom"):
+        adapter.adapt("cook the potato")
+    handle.remove()
+    assert torch.equal(base, logits(adapter))
+
+
+def test_non_finite_loss_is_reported_and_base_serves(tiny_model, tiny_tokenizer):
+    adapter = make_adapter(tiny_model, tiny_tokenizer)
+    base = logits(adapter)
+
+    def poison(module, inputs, output):
+        return output * float("nan")
+
+    handle = adapter.model.get_base_model().model.norm.register_forward_hook(poison)
+    report = adapter.adapt("cook the potato")
+    handle.remove()
+    assert report.skipped and "non-finite" in report.skip_reason
+    assert torch.equal(base, logits(adapter))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"n": 0},
+        {"k": 0},
+        {"method": "random"},
+    ],
+)
+def test_bad_selection_settings_raise(bad):
+    with pytest.raises(ValueError):
+        SelectionConfig(**bad)
+
+
+def test_bad_refresh_interval_raises():
+    with pytest.raises(ValueError):
+        FinetuneConfig(refresh_interval=0)
+
+
+@pytest.mark.parametrize("context", ["", "   ", None, 3])
+def test_bad_context_raises(tiny_model, tiny_tokenizer, context):
+    adapter = make_adapter(tiny_model, tiny_tokenizer)
+    with pytest.raises(ValueError):
+        adapter.adapt(context)
+
+
+def test_bad_query_vector_raises_and_keeps_base(tiny_model, tiny_tokenizer):
+    adapter = make_adapter(tiny_model, tiny_tokenizer)
+    base = logits(adapter)
+    with pytest.raises(ValueError, match="NaN"):
+        adapter.adapt("x y", query_vector=np.full(16, np.nan))
+    with pytest.raises(ValueError, match="dimension"):
+        adapter.adapt("x y", query_vector=np.ones(7))
+    assert torch.equal(base, logits(adapter))
+
+
+class TestInMemoryCandidates:
+    def test_returns_top_k_by_similarity(self):
+        emb = HashEmbedder()
+        source = InMemoryCandidates(TEXTS, embedder=emb)
+        pool = source.candidates(emb.encode("take the potato"), 3)
+        assert isinstance(pool, CandidatePool) and len(pool) == 3
+        assert np.all(np.diff(pool.similarities) <= 1e-7)
+        full = source.vectors @ emb.encode("take the potato")
+        assert np.isclose(pool.similarities[0], full.max())
+
+    def test_task_filter(self):
+        emb = HashEmbedder()
+        source = InMemoryCandidates(TEXTS, embedder=emb, tasks=["a", "b", "a", "b", "a", "b"])
+        pool = source.candidates(emb.encode("potato"), 10, task="a")
+        assert {m["task"] for m in pool.metadata} == {"a"} and len(pool) == 3
+
+    @pytest.mark.parametrize(
+        "texts, embeddings, match",
+        [
+            (["ok", ""], np.ones((2, 4)), "texts\\[1\\]"),
+            (["ok", 5], np.ones((2, 4)), "texts\\[1\\]"),
+            (["a", "b"], np.array([[1.0, 0], [np.nan, 1]]), "row 1"),
+            (["a", "b"], np.ones((3, 4)), "2 texts but 3"),
+            (["a", "b"], np.zeros((2, 4)), "all zeros"),
+        ],
+    )
+    def test_bad_input_raises(self, texts, embeddings, match):
+        with pytest.raises(ValueError, match=match):
+            InMemoryCandidates(texts, embeddings)
+
+    def test_bad_k_raises(self):
+        source = InMemoryCandidates(["a b"], np.ones((1, 4)))
+        with pytest.raises(ValueError, match="k must be"):
+            source.candidates(np.ones(4), 0)
