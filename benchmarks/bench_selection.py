@@ -125,26 +125,47 @@ def make_data(
 # ---------------------------------------------------------------------------------------------- timing
 
 
-def time_calls(fn, arg_sets: list[tuple], repeats: int) -> np.ndarray:
-    """Seconds per call, one sample per (repeat, argument set)."""
-    for args in arg_sets[: min(3, len(arg_sets))]:  # warm-up
-        fn(*args)
-    samples = []
-    for _ in range(repeats):
-        for args in arg_sets:
-            t0 = time.perf_counter_ns()
+def time_methods(
+    methods: dict[str, tuple], n_args: int, repeats: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Time every method on every argument set, interleaved (query by query, method by method) so
+    that changes in machine load hit all methods alike.
+
+    `methods` maps a name to (fn, arg_sets, repeats or None for the default). Returns, per name,
+    (wall seconds, process CPU seconds), one sample per (repeat, argument set).
+    """
+    clock, cpu_clock = time.perf_counter_ns, time.process_time_ns
+    samples: dict[str, tuple[list[int], list[int]]] = {name: ([], []) for name in methods}
+    for fn, arg_sets, _ in methods.values():  # warm-up
+        for args in arg_sets[:3]:
             fn(*args)
-            samples.append(time.perf_counter_ns() - t0)
-    return np.asarray(samples, dtype=np.float64) * 1e-9
-
-
-def summary(samples: np.ndarray) -> dict[str, float]:
-    ms = samples * 1e3
+    for rep in range(repeats):
+        for i in range(n_args):
+            for name, (fn, arg_sets, reps) in methods.items():
+                if reps is not None and rep >= reps:
+                    continue
+                args = arg_sets[i]
+                c0 = cpu_clock()
+                t0 = clock()
+                fn(*args)
+                t1 = clock()
+                c1 = cpu_clock()
+                samples[name][0].append(t1 - t0)
+                samples[name][1].append(c1 - c0)
     return {
-        "median_ms": float(np.median(ms)),
-        "p95_ms": float(np.percentile(ms, 95)),
-        "min_ms": float(ms.min()),
-        "samples": int(len(ms)),
+        name: (np.asarray(w, dtype=np.float64) * 1e-9, np.asarray(c, dtype=np.float64) * 1e-9)
+        for name, (w, c) in samples.items()
+    }
+
+
+def summary(samples: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
+    wall, cpu = samples[0] * 1e3, samples[1] * 1e3
+    return {
+        "median_ms": float(np.median(wall)),
+        "p95_ms": float(np.percentile(wall, 95)),
+        "min_ms": float(wall.min()),
+        "cpu_median_ms": float(np.median(cpu)),
+        "samples": int(len(wall)),
     }
 
 
@@ -257,30 +278,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         naive_counts = [integerize_naive(*a) for a in int_sets]
         agree = sum(np.array_equal(a, b) for a, b in zip(fast_counts, naive_counts, strict=True))
 
-        timing = {
-            "knn": summary(time_calls(knn, arg_sets, args.repeats)),
-            "sift": summary(
-                time_calls(lambda X_, q_, n_: sift(X_, q_, n_, lam=args.lam), arg_sets, args.repeats)
-            ),
-            "frank_wolfe": summary(
-                time_calls(
-                    lambda X_, q_, n_: frank_wolfe(X_, q_, n_, max_iter=args.max_iter, tol=args.tol),
-                    arg_sets,
-                    args.repeats,
-                )
-            ),
-            "integerize": summary(time_calls(integerize, int_sets, args.repeats)),
-            "hullft (FW+integerize)": summary(
-                time_calls(
-                    lambda X_, q_, n_: select(
-                        "hullft", X_, q_, n_, max_iter=args.max_iter, tol=args.tol, passes=args.passes
-                    ),
-                    arg_sets,
-                    args.repeats,
-                )
-            ),
-            "integerize_naive": summary(time_calls(integerize_naive, int_sets, args.naive_repeats)),
-        }
+        def run_sift(X_: np.ndarray, q_: np.ndarray, n_: int) -> Any:
+            return sift(X_, q_, n_, lam=args.lam)
+
+        def run_fw(X_: np.ndarray, q_: np.ndarray, n_: int) -> Any:
+            return frank_wolfe(X_, q_, n_, max_iter=args.max_iter, tol=args.tol)
+
+        def run_hullft(X_: np.ndarray, q_: np.ndarray, n_: int) -> Any:
+            return select("hullft", X_, q_, n_, max_iter=args.max_iter, tol=args.tol, passes=args.passes)
+
+        raw = time_methods(
+            {
+                "knn": (knn, arg_sets, None),
+                "sift": (run_sift, arg_sets, None),
+                "frank_wolfe": (run_fw, arg_sets, None),
+                "integerize": (integerize, int_sets, None),
+                "hullft (FW+integerize)": (run_hullft, arg_sets, None),
+                "integerize_naive": (integerize_naive, int_sets, args.naive_repeats),
+            },
+            len(Q),
+            args.repeats,
+        )
+        timing = {name: summary(v) for name, v in raw.items()}
         speedup = timing["integerize_naive"]["median_ms"] / timing["integerize"]["median_ms"]
         stops: dict[str, int] = {}
         for fw in fws:
@@ -374,11 +393,13 @@ def print_report(report: dict[str, Any]) -> None:
         f"{m.get('cpu_model', m['processor'])}, {m['cpu_count']} CPUs, numpy {m['numpy']}, "
         f"load {m.get('load_average_1_5_15')}"
     )
-    header = f"{'N':>4}  {'method':<24}{'median ms':>11}{'p95 ms':>10}"
+    header = f"{'N':>4}  {'method':<24}{'median ms':>11}{'p95 ms':>10}{'CPU median ms':>15}"
     lines += [header, "-" * len(header)]
     for n, res in report["results"].items():
         for name, t in res["timing"].items():
-            lines.append(f"{n:>4}  {name:<24}{t['median_ms']:>11.3f}{t['p95_ms']:>10.3f}")
+            lines.append(
+                f"{n:>4}  {name:<24}{t['median_ms']:>11.3f}{t['p95_ms']:>10.3f}{t['cpu_median_ms']:>15.3f}"
+            )
         sup = res["support_size_median"]
         resid = res["mean_residual_norm_median"]
         lines.append(

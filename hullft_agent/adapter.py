@@ -159,6 +159,8 @@ class TestTimeAdapter:
         except BaseException:
             restore()  # nothing half-adapted survives an error
             raise
+        if report.skipped and report.steps:
+            restore()  # training stopped early (non-finite loss): keep what the task had before
         report.timings["total"] = time.perf_counter() - start
         logger.info(
             "adapt: method=%s pool=%d support=%d passes=%d skipped=%s total=%.3fs",
@@ -218,9 +220,7 @@ class TestTimeAdapter:
         report.steps, report.passes, report.losses = result.steps, result.passes, list(result.losses)
         if not result.ok:
             report.skipped = True
-            report.skip_reason = f"finetuning stopped and the adapter was reset: {result.stopped_reason}"
-            if self.config.mode == "per_task":
-                self._task_states.pop(self._active_task or DEFAULT_TASK, None)
+            report.skip_reason = f"finetuning stopped and the adapter was restored: {result.stopped_reason}"
 
     @contextmanager
     def adapted(self, context: str, **kwargs: Any) -> Iterator[AdaptationReport]:

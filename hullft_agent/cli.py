@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_adapt)
 
     p = sub.add_parser("demo", help="adapt the packaged SmolLM2 to a held-out Python reference topic")
-    p.add_argument("--topic", default="while", help="held-out pydoc topic used as the query")
+    p.add_argument("--topic", default="raise", help="held-out pydoc topic used as the query")
     p.add_argument("--chunk-chars", type=int, default=1000, dest="chunk_chars")
     _add_selection_args(p, training=True)
     p.set_defaults(func=cmd_demo)

@@ -65,6 +65,15 @@ def build_tiny_model(vocab_size: int, seed: int = 0, max_positions: int = 64) ->
     return model
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny models run fastest on one thread; two threads on a busy 2-core box oversubscribe."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return build_tiny_tokenizer()

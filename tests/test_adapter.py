@@ -248,3 +248,16 @@ class TestInMemoryCandidates:
         source = InMemoryCandidates(["a b"], np.ones((1, 4)))
         with pytest.raises(ValueError, match="k must be"):
             source.candidates(np.ones(4), 0)
+
+
+def test_per_task_non_finite_loss_keeps_the_tasks_earlier_adaptation(tiny_model, tiny_tokenizer):
+    config = make_config()
+    config.mode = "per_task"
+    adapter = make_adapter(tiny_model, tiny_tokenizer, config=config)
+    adapter.adapt("cook the potato", task="game-a")
+    trained = logits(adapter)
+    handle = adapter.model.get_base_model().model.norm.register_forward_hook(lambda m, i, o: o * float("nan"))
+    report = adapter.adapt("cook the potato", task="game-a")
+    handle.remove()
+    assert report.skipped and "non-finite" in report.skip_reason
+    assert torch.equal(trained, logits(adapter))

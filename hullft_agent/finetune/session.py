@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -171,7 +172,9 @@ class LoRASession(FinetuneSession):
             bias="none",
             task_type=TaskType.CAUSAL_LM,
         )
-        peft_model = get_peft_model(model, peft_config)
+        with warnings.catch_warnings():  # transformers deprecation noise triggered inside peft
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            peft_model = get_peft_model(model, peft_config)
         super().__init__(peft_model, tokenizer)
         self.lora = lora
         for name, p in peft_model.named_parameters():

@@ -56,9 +56,8 @@ def _hullft(
     check_passes(passes)
     n = int(n)
     fw = _frank_wolfe(X, q, n, int(max_iter), float(tol))
-    Xs = X[fw.support]
-    counts = _integerize(Xs, q, fw.weights, n, int(passes))
-    residual = q - (counts @ Xs) / n
+    counts = _integerize(fw.support_gram, fw.support_similarities, fw.weights, n, int(passes))
+    residual = q - (counts @ X[fw.support]) / n
     keep = counts > 0
     # fw.support is already ordered by FW weight (highest first); stable filtering keeps that order.
     return Selection(

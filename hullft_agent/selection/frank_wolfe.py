@@ -20,18 +20,17 @@ g <- (1 - gamma) g + gamma X (q - x_s), where X (q - x_s) is computed once per d
 and cached (at most one Gram column per atom ever visited, never the full K x K Gram matrix). The
 scalars <q, p>, <p, p> (p = X^T w) follow by closed-form updates, so an iteration costs O(K) plus
 a handful of scalar operations. Weights and g share one lazy scale factor, so each step touches a
-K-vector only once.
+K-vector only once. The cached columns also give the support's Gram matrix for free
+(`FWResult.support_gram`), which `select("hullft")` hands to the integerization.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from hullft_agent.selection.types import check_inputs
-
-_TINY = 1e-300
 
 
 @dataclass(frozen=True)
@@ -41,7 +40,8 @@ class FWResult:
     `support` holds the candidate indices with positive weight, highest weight first (ties by
     index); `weights` are their weights (sum 1); `full_weights` is the length-K weight vector.
     `objective_history[t]` is f after t steps (length `iterations + 1`); `residual_norm` is
-    ||q - X^T w|| recomputed exactly from the final weights.
+    ||q - X^T w|| recomputed exactly from the final weights. `support_gram` is the Gram matrix
+    <x_i, x_j> of the support rows (in `support` order) and `support_similarities` their <x_i, q>.
     """
 
     support: np.ndarray
@@ -51,6 +51,8 @@ class FWResult:
     iterations: int
     objective_history: np.ndarray
     stop_reason: str
+    support_gram: np.ndarray = field(repr=False, compare=False)
+    support_similarities: np.ndarray = field(repr=False, compare=False)
 
     @property
     def support_size(self) -> int:
@@ -78,19 +80,19 @@ def _frank_wolfe(X: np.ndarray, q: np.ndarray, n: int, max_iter: int, tol: float
     b = X @ q  # <x_i, q>
     b_l = b.tolist()
     qq = float(q @ q)
-    i0 = int(np.argmax(b))
+    i0 = int(b.argmax())
 
-    # Per visited atom s: the vector X (q - x_s) and ||x_s||^2.
-    cols: dict[int, np.ndarray] = {}
-    sqn: dict[int, float] = {}
-
-    a0 = b - X @ X[i0]
-    cols[i0] = a0
-    sqn[i0] = b_l[i0] - float(a0[i0])
+    # Per visited atom s, in visit order: row slot[s] of A holds X (q - x_s); atom[s] caches that row
+    # with <x_s, q> and ||x_s||^2.
+    A = np.empty((min(K, max_iter + 1), K), dtype=np.float64)
+    a = A[0]
+    np.subtract(b, X @ X[i0], out=a)
+    slot = {i0: 0}
+    atom = {i0: (a, b_l[i0], b_l[i0] - float(a[i0]))}
 
     # True state: g_true = alpha * g (g = X r) and w_true = alpha * w (one shared lazy scale), so a
     # step only does g += c * a_s on one K-vector.
-    g = a0.copy()
+    g = a.copy()
     tmp = np.empty(K, dtype=np.float64)
     w = [0.0] * K
     w[i0] = 1.0
@@ -100,43 +102,60 @@ def _frank_wolfe(X: np.ndarray, q: np.ndarray, n: int, max_iter: int, tol: float
     n_support = 1
 
     qp = b_l[i0]  # <q, p>, p = X^T w
-    pp = sqn[i0]  # <p, p>
+    pp = atom[i0][2]  # <p, p>
+    rr = qq - 2.0 * qp + pp  # ||r||^2
     tol2 = tol * tol
-    history = []
-    stop_reason = "max_iter"
-    iterations = 0
+    history = [rr]
+    append = history.append
+    argmax = g.argmax
+    item = g.item
     multiply = np.multiply
     add = np.add
+    get = atom.get
+    stop_reason = "max_iter"
     for _ in range(max_iter):
-        rr = qq - 2.0 * qp + pp
-        history.append(rr)
         if rr < tol2:
             stop_reason = "tol"
             break
-        s = int(g.argmax())
+        s = int(argmax())
         if not in_support[s] and n_support >= n:
             stop_reason = "support_limit"
             break
-        a = cols.get(s)
-        if a is None:
-            a = b - X @ X[s]
-            cols[s] = a
-            sqn[s] = b_l[s] - float(a[s])
-        bs = b_l[s]
-        gss = sqn[s]  # ||x_s||^2
-        gs = alpha * float(g[s])  # <r, x_s>
-        hs = bs - gs  # <p, x_s>
+        entry = get(s)
+        if entry is None:
+            a = A[len(slot)]
+            np.subtract(b, X @ X[s], out=a)
+            slot[s] = len(slot)
+            entry = atom[s] = (a, b_l[s], b_l[s] - float(a[s]))
+        a, bs, gss = entry  # X (q - x_s), <x_s, q>, ||x_s||^2
+        gs = alpha * item(s)  # <r, x_s>
         rd = gs - qp + pp  # <r, d> = <r, x_s> - <r, p>
         if rd <= 0.0:
             stop_reason = "stationary"
             break
+        hs = bs - gs  # <p, x_s>
         dd = gss - 2.0 * hs + pp  # ||d||^2
-        if dd <= 1e-14 * (gss + pp) + _TINY:
+        if dd <= 1e-14 * (gss + pp):
             stop_reason = "degenerate"
             break
         gamma = rd / dd
-        iterations += 1
-        if gamma >= 1.0:
+        if gamma < 1.0:
+            one_m = 1.0 - gamma
+            pp = one_m * one_m * pp + gamma * (2.0 * one_m * hs + gamma * gss)
+            qp = one_m * qp + gamma * bs
+            alpha *= one_m
+            c = gamma / alpha
+            multiply(a, c, tmp)
+            add(g, tmp, g)
+            w[s] += c
+            if not in_support[s]:
+                in_support[s] = True
+                n_support += 1
+            if alpha < 1e-100:  # fold the lazy scale in before it underflows
+                g *= alpha
+                w = [v * alpha for v in w]
+                alpha = 1.0
+        else:
             # Jump to the vertex x_s: everything else drops out of the support.
             g[:] = a
             w = [0.0] * K
@@ -147,37 +166,28 @@ def _frank_wolfe(X: np.ndarray, q: np.ndarray, n: int, max_iter: int, tol: float
             n_support = 1
             qp = bs
             pp = gss
-            continue
-        one_m = 1.0 - gamma
-        pp = one_m * one_m * pp + 2.0 * gamma * one_m * hs + gamma * gamma * gss
-        qp = one_m * qp + gamma * bs
-        alpha *= one_m
-        c = gamma / alpha
-        multiply(a, c, tmp)
-        add(g, tmp, g)
-        w[s] += c
-        if not in_support[s]:
-            in_support[s] = True
-            n_support += 1
-        if alpha < 1e-100:  # fold the lazy scale in before it underflows
-            g *= alpha
-            w = [v * alpha for v in w]
-            alpha = 1.0
-    else:
-        history.append(qq - 2.0 * qp + pp)
+        rr = qq - 2.0 * qp + pp
+        append(rr)
 
-    w_true = np.asarray(w, dtype=np.float64) * alpha
-    w_true[~np.asarray(in_support, dtype=bool)] = 0.0
+    w_true = np.asarray(w, dtype=np.float64)  # atoms dropped by a full step were reset to 0
     w_true /= w_true.sum()
-    support = np.flatnonzero(w_true > 0.0)
-    support = support[np.argsort(-w_true[support], kind="stable")].astype(np.int64)
-    residual = q - w_true[support] @ X[support]
+    support = np.flatnonzero(w_true)
+    support = support[np.argsort(-w_true[support], kind="stable")]
+    weights = w_true[support]
+    # Gram matrix of the support from the cached columns: <x_s, x_i> = b_i - (X (q - x_s))_i.
+    b_s = b[support]
+    gram = b_s - A[[slot[i] for i in support.tolist()]][:, support]
+    gram += gram.T
+    gram *= 0.5
+    residual = q - weights @ X[support]
     return FWResult(
-        support=support,
-        weights=w_true[support],
+        support=support.astype(np.int64),
+        weights=weights,
         full_weights=w_true,
         residual_norm=float(np.sqrt(residual @ residual)),
-        iterations=iterations,
-        objective_history=np.maximum(np.asarray(history, dtype=np.float64), 0.0),
+        iterations=len(history) - 1,
+        objective_history=np.maximum(np.array(history), 0.0),
         stop_reason=stop_reason,
+        support_gram=gram,
+        support_similarities=b_s,
     )

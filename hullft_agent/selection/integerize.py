@@ -59,62 +59,58 @@ def integerize(
     if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
         raise ValueError("weights must be finite, non-negative and not all zero")
     Xs = X[S]
-    return _integerize(Xs, q, w / w.sum(), int(n), int(passes))
+    return _integerize(Xs @ Xs.T, Xs @ q, w / w.sum(), int(n), int(passes))
 
 
-def _integerize(Xs: np.ndarray, q: np.ndarray, w: np.ndarray, n: int, passes: int) -> np.ndarray:
-    """Core of `integerize` on the support rows `Xs` (m x d) with weights `w` summing to 1."""
-    m = Xs.shape[0]
-    G = Xs @ Xs.T
-    diag = G.diagonal().copy()
-    bq = Xs @ q
+def _integerize(G: np.ndarray, bq: np.ndarray, w: np.ndarray, n: int, passes: int) -> np.ndarray:
+    """Core of `integerize`: support Gram matrix `G` (m x m), `bq` = [<x_i, q>], weights `w` (sum 1).
+
+    Works on u = (2/n) a with a_i = <R, x_i>: a unit added to (taken from) candidate k changes u by
+    -G2[k] (+G2[k]), G2 = (2/n^2) G (G is symmetric, so rows serve as columns).
+    """
+    m = G.shape[0]
     inv_n = 1.0 / n
     inv_n2 = inv_n * inv_n
-    # Everything below works on u = (2/n) a, a_i = <R, x_i>, so a unit added to / moved off / onto
-    # candidate k shifts u by -/+ G2[k] (G symmetric: rows are columns).
+    dn = inv_n2 * G.diagonal()  # ||x_i||^2 / n^2
     G2 = (2.0 * inv_n2) * G
-
-    def loss_rel(c: np.ndarray) -> float:
-        # L(c) - ||q||^2, in closed form from the support Gram matrix.
-        return float(-2.0 * inv_n * (c @ bq) + inv_n2 * (c @ G @ c))
+    bq_n = inv_n * bq
 
     nw = n * w
     base = np.floor(nw).astype(np.int64)
     missing = n - int(base.sum())
 
-    # Largest-remainder rounding (the reference the result must never be worse than).
-    lr = base.copy()
-    if missing > 0:
-        lr[np.argsort(-(nw - base), kind="stable")[:missing]] += 1
-
-    # Greedy fill from the floor: adding a unit to i changes L by diag_i / n^2 - u_i.
+    # Greedy fill from the floor: adding a unit to i changes L by score_i = ||x_i||^2 / n^2 - u_i.
     c = base.copy()
-    u = (2.0 * inv_n) * bq - G2 @ c
+    u = 2.0 * bq_n - G2 @ c
     if missing > 0:
-        score = inv_n2 * diag - u
+        score = dn - u
         for _ in range(missing):
             i = int(score.argmin())
             c[i] += 1
             score += G2[i]
-        u = inv_n2 * diag - score
+        u = dn - score
+        # Largest-remainder rounding; keep it instead if it is strictly better.
+        lr = base
+        lr[np.argsort(base - nw, kind="stable")[:missing]] += 1
+        if not np.array_equal(lr, c):
+            u_lr = 2.0 * bq_n - G2 @ lr
+            # L(c) - ||q||^2 = -<c, bq>/n - <c, u>/2 (from a = bq - G c / n).
+            if float(lr @ (bq_n + 0.5 * u_lr)) > float(c @ (bq_n + 0.5 * u)):
+                c, u = lr, u_lr
     elif missing < 0:  # only reachable through round-off in n * w: take units off greedily
         for _ in range(-missing):
-            gain = np.where(c > 0, u + inv_n2 * diag, np.inf)
-            i = int(gain.argmin())
+            i = int(np.where(c > 0, u + dn, np.inf).argmin())
             c[i] -= 1
             u += G2[i]
-
-    if missing > 0 and loss_rel(lr) < loss_rel(c):
-        c = lr
-        u = (2.0 * inv_n) * bq - G2 @ c
 
     if passes == 0 or m < 2:
         return c
 
     # delta[i, j] = dL of moving one unit i -> j = u_i - u_j + ||x_j - x_i||^2 / n^2; rows with
-    # c_i = 0 are barred through an infinite row penalty.
-    Q = inv_n2 * (diag[:, None] + diag[None, :] - 2.0 * G)
-    eps = 1e-12 * max(float(np.abs(u).max()), inv_n2 * float(diag.max()), 1e-300)
+    # c_i = 0 are barred by an infinite row penalty.
+    Q = np.add.outer(dn, dn)
+    Q -= G2
+    eps = 1e-12 * (float(np.abs(u).max()) + float(dn.max())) + 1e-300
     bar = np.where(c > 0, 0.0, np.inf)
     delta = np.empty((m, m), dtype=np.float64)
     subtract_outer = np.subtract.outer

@@ -1,0 +1,36 @@
+"""Trajectory memory on LanceDB: log agent episodes as embedded sequences, serve candidate pools."""
+
+from hullft_agent.memory.config import DEFAULT_KINDS, MEMORY_URI_ENV, MemoryConfig, default_memory_uri
+from hullft_agent.memory.filters import InvalidWhereError
+from hullft_agent.memory.jsonl import JsonlFormatError, import_jsonl, read_jsonl
+from hullft_agent.memory.schema import ALL_NAMESPACES, WINDOW_KIND, InvalidStepError, Step, trajectory_model
+from hullft_agent.memory.store import (
+    EmbedderMismatchError,
+    EmbedderRequiredError,
+    EpisodeSummary,
+    MemoryPinnedError,
+    TextEmbedder,
+    TrajectoryMemory,
+)
+
+__all__ = [
+    "ALL_NAMESPACES",
+    "DEFAULT_KINDS",
+    "MEMORY_URI_ENV",
+    "WINDOW_KIND",
+    "EmbedderMismatchError",
+    "EmbedderRequiredError",
+    "EpisodeSummary",
+    "InvalidStepError",
+    "InvalidWhereError",
+    "JsonlFormatError",
+    "MemoryConfig",
+    "MemoryPinnedError",
+    "Step",
+    "TextEmbedder",
+    "TrajectoryMemory",
+    "default_memory_uri",
+    "import_jsonl",
+    "read_jsonl",
+    "trajectory_model",
+]
