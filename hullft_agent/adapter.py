@@ -51,6 +51,7 @@ class AdaptationReport(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict)
     skipped: bool = False
     skip_reason: str | None = None
+    stopped_reason: str | None = Field(None, description="why finetuning stopped early (e.g. non-finite loss)")
 
     @property
     def adapted(self) -> bool:
@@ -159,7 +160,7 @@ class TestTimeAdapter:
         except BaseException:
             restore()  # nothing half-adapted survives an error
             raise
-        if report.skipped and report.steps:
+        if report.stopped_reason:
             restore()  # training stopped early (non-finite loss): keep what the task had before
         report.timings["total"] = time.perf_counter() - start
         logger.info(
@@ -219,6 +220,7 @@ class TestTimeAdapter:
         timings["finetune"] = time.perf_counter() - t0
         report.steps, report.passes, report.losses = result.steps, result.passes, list(result.losses)
         if not result.ok:
+            report.stopped_reason = result.stopped_reason or "finetuning failed"
             report.skipped = True
             report.skip_reason = f"finetuning stopped and the adapter was restored: {result.stopped_reason}"
 

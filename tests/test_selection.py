@@ -198,6 +198,25 @@ def test_integerize_without_moves_still_never_worse_than_largest_remainder():
         assert loss(X, q, support, c, n) <= loss(X, q, support, largest_remainder(w, n), n) + 1e-12
 
 
+def test_integerize_greedy_fill_matches_reference():
+    # passes=0: the result is the greedy fill from floor(n w) (each unit where the full loss drops
+    # most), or largest-remainder rounding when that is strictly better.
+    rng = np.random.default_rng(15)
+    for _ in range(100):
+        m, d, n = int(rng.integers(2, 10)), int(rng.integers(2, 12)), int(rng.integers(2, 40))
+        X = rng.standard_normal((m, d))
+        q = rng.standard_normal(d)
+        w = rng.dirichlet(np.ones(m))
+        support = np.arange(m)
+        fill = np.floor(n * w).astype(np.int64)
+        for _ in range(n - int(fill.sum())):
+            trials = [loss(X, q, support, fill + np.eye(m, dtype=np.int64)[i], n) for i in range(m)]
+            fill[int(np.argmin(trials))] += 1
+        lr = largest_remainder(w, n)
+        expected = lr if loss(X, q, support, lr, n) < loss(X, q, support, fill, n) else fill
+        assert integerize(X, q, support, w, n, passes=0).tolist() == expected.tolist()
+
+
 def test_integerize_reaches_single_move_local_optimum():
     rng = np.random.default_rng(12)
     for _ in range(40):

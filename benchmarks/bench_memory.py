@@ -1,0 +1,320 @@
+"""Trajectory memory benchmark: logging throughput, top-k retrieval latency and recall, disk size.
+
+    python benchmarks/bench_memory.py                 # full run: 10k and 100k rows (several minutes)
+    python benchmarks/bench_memory.py --quick         # 2k and 10k rows, fewer queries (~1 minute)
+    python benchmarks/bench_memory.py --sizes 10000,50000 --queries 100 --index-type IVF_HNSW_SQ
+
+Data: synthetic unit vectors of dimension 384 (the packaged embedder's) drawn from a mixture of
+200 Gaussian clusters (agent logs repeat themselves, so memory rows cluster), spread over 4
+namespaces; queries are fresh draws from the same mixture, retrieved with a namespace prefilter
+(25 % of the rows). Texts are synthetic agent steps of about 150 bytes. Logging "with embedding"
+uses the real packaged all-MiniLM-L6-v2 on CPU. Recall@k compares the indexed search against the
+exact (brute force) search of the same memory.
+
+Prints a table and writes every figure, its target and pass/fail, machine info and the date to
+benchmarks/results/bench_memory.json (or --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hullft_agent.memory import MemoryConfig, Step, TrajectoryMemory  # noqa: E402
+from hullft_agent.memory.testing import HashingEmbedder  # noqa: E402
+
+logger = logging.getLogger("bench_memory")
+
+DIM = 384
+NAMESPACES = 4
+CLUSTERS = 200
+WORDS = (
+    "kitchen fridge potato stove counter knife pantry shelf salt pepper garden shovel rose door key "
+    "north south east west open close take drop examine inventory look cook slice fry eat recipe "
+    "cupboard table chair lamp bedroom bathroom corridor box chest coin book letter note"
+).split()
+KINDS = ("observation", "action", "thought", "tool")
+
+TARGETS = {
+    "append_precomputed_rows_per_s": (">=", 5000.0),
+    "retrieval_indexed_p50_ms@100000": ("<=", 20.0),
+    "recall_at_k@100000": (">=", 0.95),
+}
+
+
+class Vectors:
+    """A fixed mixture of Gaussian clusters on the unit sphere."""
+
+    def __init__(self, dim: int, seed: int = 0, spread: float = 0.8) -> None:
+        rng = np.random.default_rng(seed)
+        self.centers = rng.standard_normal((CLUSTERS, dim)).astype(np.float32)
+        self.centers /= np.linalg.norm(self.centers, axis=1, keepdims=True)
+        self.spread = spread / np.sqrt(dim)
+        self.dim = dim
+
+    def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        x = self.centers[rng.integers(0, CLUSTERS, n)]
+        x = x + self.spread * rng.standard_normal((n, self.dim)).astype(np.float32)
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def make_steps(n: int, rng: np.random.Generator, start: int = 0) -> list[Step]:
+    words = np.array(WORDS)
+    picks = rng.integers(0, len(words), (n, 24))
+    steps = []
+    for i in range(n):
+        j = start + i
+        text = f"{KINDS[j % 4]} {j}: " + " ".join(words[picks[i]])
+        steps.append(
+            Step(
+                kind=KINDS[j % 4],
+                text=text,
+                episode_id=f"ep-{j // 40}",
+                step=j % 40,
+                task=f"task-{(j // 40) % 10}",
+                namespace=f"agent-{(j // 40) % NAMESPACES}",
+                reward=float(j % 3) if j % 40 == 39 else None,
+                metadata={"source": "bench"},
+            )
+        )
+    return steps
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def percentiles(values: list[float]) -> tuple[float, float]:
+    arr = np.asarray(values) * 1000.0
+    return float(np.percentile(arr, 50)), float(np.percentile(arr, 95))
+
+
+def open_memory(root: Path, name: str, dim: int, **overrides) -> TrajectoryMemory:
+    config = MemoryConfig(
+        uri=str(root), table=name, optimize_every=0, index_threshold=10**12, read_consistency_interval=None
+    )
+    return TrajectoryMemory(config, embedder=HashingEmbedder(dim, model_name="synthetic"), **overrides)
+
+
+def fill(mem: TrajectoryMemory, n: int, vectors: Vectors, batch: int, seed: int) -> float:
+    """Append n rows in batches with precomputed vectors; return the seconds spent in add()."""
+    rng = np.random.default_rng(seed)
+    spent = 0.0
+    for start in range(0, n, batch):
+        m = min(batch, n - start)
+        steps = make_steps(m, rng, start)
+        vecs = vectors.draw(m, rng)
+        t0 = time.perf_counter()
+        mem.add(steps, vectors=vecs)
+        spent += time.perf_counter() - t0
+    return spent
+
+
+def time_queries(mem: TrajectoryMemory, queries: np.ndarray, k: int, *, exact: bool) -> tuple[list[float], list]:
+    namespace = "agent-1"
+    mem.candidates(queries[0], k, namespace=namespace, exact=exact)  # warm caches
+    latencies, results = [], []
+    for q in queries:
+        t0 = time.perf_counter()
+        pool = mem.candidates(q, k, namespace=namespace, exact=exact)
+        latencies.append(time.perf_counter() - t0)
+        results.append(pool.ids)
+    return latencies, results
+
+
+def bench_embedding(root: Path, rows: int, batch: int) -> dict[str, float]:
+    from hullft_agent.embedding import Embedder
+
+    t0 = time.perf_counter()
+    embedder = Embedder()
+    load = time.perf_counter() - t0
+    mem = TrajectoryMemory(
+        MemoryConfig(uri=str(root), table="embedded", optimize_every=0, index_threshold=10**12),
+        embedder=embedder,
+    )
+    rng = np.random.default_rng(7)
+    steps = make_steps(rows, rng)
+    t0 = time.perf_counter()
+    for start in range(0, rows, batch):
+        mem.add(steps[start : start + batch])
+    spent = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    embedder.encode([s.text for s in steps[: min(rows, 512)]])
+    encode_only = min(rows, 512) / (time.perf_counter() - t0)
+    lat = []
+    for i in range(20):
+        t0 = time.perf_counter()
+        mem.log_step("live", "action", f"take item {i}")
+        lat.append(time.perf_counter() - t0)
+    return {
+        "embedder_load_s": load,
+        "append_embedded_rows_per_s": rows / spent,
+        "embedder_only_rows_per_s": encode_only,
+        "log_step_embedded_p50_ms": percentiles(lat)[0],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,100000", help="table sizes for retrieval (comma separated)")
+    parser.add_argument("--dim", type=int, default=DIM)
+    parser.add_argument("--batch", type=int, default=1000, help="rows per add() call when logging")
+    parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("-k", type=int, default=200)
+    parser.add_argument("--embed-rows", type=int, default=2000, help="rows logged with the real embedder (0: skip)")
+    parser.add_argument("--index-type", default="IVF_FLAT")
+    parser.add_argument("--quick", action="store_true", help="sizes 2000,10000, 30 queries, 256 embedded rows")
+    parser.add_argument("--workdir", default=None, help="where the tables are written (default: a temp dir)")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_memory.json"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.quick:
+        args.sizes, args.queries, args.embed_rows = "2000,10000", 30, 256
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+
+    root = Path(args.workdir or tempfile.mkdtemp(prefix="bench_memory_"))
+    root.mkdir(parents=True, exist_ok=True)
+    figures: dict[str, dict] = {}
+
+    def record(name: str, value: float, unit: str, note: str = "") -> None:
+        target = TARGETS.get(name)
+        passed = None
+        if target is not None:
+            op, bound = target
+            passed = bool(value >= bound) if op == ">=" else bool(value <= bound)
+        figures[name] = {
+            "value": round(float(value), 4),
+            "unit": unit,
+            "target": None if target is None else f"{target[0]} {target[1]:g}",
+            "pass": passed,
+            "note": note,
+        }
+
+    vectors = Vectors(args.dim)
+    qrng = np.random.default_rng(12345)
+    queries = vectors.draw(args.queries, qrng)
+    try:
+        for n in sizes:
+            name = f"rows_{n}"
+            mem = open_memory(root, name, args.dim, index_type=args.index_type)
+            spent = fill(mem, n, vectors, args.batch, seed=n)
+            if n == sizes[-1]:
+                record(
+                    "append_precomputed_rows_per_s",
+                    n / spent,
+                    "rows/s",
+                    f"{n} rows, add() batches of {args.batch}, dim {args.dim}",
+                )
+            mem.optimize(cleanup_older_than=0)
+            table_dir = root / f"{name}.lance"
+            data_bytes = dir_bytes(table_dir)
+            lat, exact_ids = time_queries(mem, queries, args.k, exact=True)
+            p50, p95 = percentiles(lat)
+            record(f"retrieval_bruteforce_p50_ms@{n}", p50, "ms", f"top-{args.k}, namespace prefilter (25%)")
+            record(f"retrieval_bruteforce_p95_ms@{n}", p95, "ms")
+            t0 = time.perf_counter()
+            info = mem.create_index()
+            record(f"index_build_s@{n}", time.perf_counter() - t0, "s", f"{info['type']} {info['params']}")
+            lat, approx_ids = time_queries(mem, queries, args.k, exact=False)
+            p50, p95 = percentiles(lat)
+            record(f"retrieval_indexed_p50_ms@{n}", p50, "ms", f"top-{args.k}, {info['type']}, namespace prefilter")
+            record(f"retrieval_indexed_p95_ms@{n}", p95, "ms")
+            recall = np.mean([len(set(a) & set(e)) / max(1, len(e)) for a, e in zip(approx_ids, exact_ids, strict=True)])
+            record(f"recall_at_k@{n}", recall, "fraction", f"recall@{args.k} of the index against brute force")
+            mem.optimize(cleanup_older_than=0)
+            total_bytes = dir_bytes(table_dir)
+            per_100k = 100_000 / n
+            record(f"disk_mb_per_100k_rows@{n}", data_bytes * per_100k / 1e6, "MB", "compacted, no old versions")
+            record(
+                f"disk_mb_per_100k_rows_with_indexes@{n}",
+                total_bytes * per_100k / 1e6,
+                "MB",
+                "vector index + scalar indexes",
+            )
+            record(f"bytes_per_row@{n}", data_bytes / n, "B", f"dim {args.dim} float32 = {4 * args.dim} B of vector")
+            if n != sizes[-1]:
+                shutil.rmtree(table_dir, ignore_errors=True)
+        if args.embed_rows:
+            for key, value in bench_embedding(root, args.embed_rows, min(args.batch, 256)).items():
+                unit = "rows/s" if key.endswith("rows_per_s") else ("ms" if key.endswith("_ms") else "s")
+                record(key, value, unit, "packaged all-MiniLM-L6-v2 on CPU")
+        mem = open_memory(root, "single_steps", args.dim)
+        lat = []
+        rng = np.random.default_rng(3)
+        for i in range(50):
+            vec = vectors.draw(1, rng)[0]
+            t0 = time.perf_counter()
+            mem.log_step("ep", "action", f"step {i}", vector=vec)
+            lat.append(time.perf_counter() - t0)
+        record("log_step_precomputed_p50_ms", percentiles(lat)[0], "ms", "one commit per step")
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+    import lancedb
+    import pyarrow
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    result = {
+        "benchmark": "bench_memory",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "platform": platform.platform(),
+            "cpu": cpu,
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "lancedb": lancedb.__version__,
+            "pyarrow": pyarrow.__version__,
+            "numpy": np.__version__,
+        },
+        "settings": {
+            "sizes": sizes,
+            "dim": args.dim,
+            "k": args.k,
+            "queries": args.queries,
+            "batch": args.batch,
+            "index_type": args.index_type,
+            "namespaces": NAMESPACES,
+            "clusters": CLUSTERS,
+            "embed_rows": args.embed_rows,
+            "quick": args.quick,
+        },
+        "figures": figures,
+        "all_targets_pass": all(f["pass"] for f in figures.values() if f["pass"] is not None)
+        and all(name in figures for name in TARGETS),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+    width = max(len(k) for k in figures)
+    lines = [f"{'figure':<{width}}  {'value':>12}  {'unit':<8}  {'target':<10}  pass"]
+    for key, fig in figures.items():
+        status = "" if fig["pass"] is None else ("PASS" if fig["pass"] else "FAIL")
+        lines.append(f"{key:<{width}}  {fig['value']:>12.4g}  {fig['unit']:<8}  {fig['target'] or '':<10}  {status}")
+    sys.stdout.write("\n".join(lines) + f"\n\nwrote {out}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
