@@ -31,6 +31,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_selection.py
 	$(PY) benchmarks/bench_ttft.py
+	$(PY) benchmarks/bench_memory.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -197,7 +197,17 @@ def test_candidates_satisfy_the_adapter_protocol(memory, emb):
     q = emb.encode("open the fridge and take the potato")
     pool = memory.candidates(vector=q, k=4, task="cook", exclude_episode="ep3")  # as the adapter calls it
     assert isinstance(pool, CandidatePool) and len(pool) == 4
-    assert all(m["episode_id"] == "ep1" and m["task"] == "cook" for m in pool.metadata)
+    assert set(pool.metadata[0]) == {"id", "namespace", "distance"}  # more with fields=
+    assert all(m["namespace"] == "alice" for m in pool.metadata)
+    full = memory.candidates(vector=q, k=4, task="cook", exclude_episode="ep3", fields="all")
+    assert full.ids == pool.ids and all(
+        m["episode_id"] == "ep1" and m["task"] == "cook" for m in full.metadata
+    )
+    assert all(m["metadata"] == {} for m in full.metadata)
+    assert {"kind", "reward", "outcome", "created_at", "n_bytes"} <= set(full.metadata[0])
+    assert "kind" in memory.candidates(vector=q, k=1, fields=["kind"]).metadata[0]
+    with pytest.raises(ValueError, match="unknown fields"):
+        memory.candidates(vector=q, k=1, fields=["secret"])
     assert pool.vectors.shape == (4, DIM) and pool.vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(pool.vectors, axis=1), 1, atol=1e-5)
     np.testing.assert_allclose(pool.similarities, pool.vectors @ q, atol=1e-5)
@@ -221,7 +231,7 @@ def test_candidates_satisfy_the_adapter_protocol(memory, emb):
 def test_current_episode_never_leaks_into_its_candidates(memory, emb):
     memory.log_episode("ep1", KITCHEN)
     memory.log_episode("now", KITCHEN)  # identical texts, the nearest rows of all
-    pool = memory.candidates(context=KITCHEN[2][1], k=50, exclude_episode="now")
+    pool = memory.candidates(context=KITCHEN[2][1], k=50, exclude_episode="now", fields=["episode_id"])
     assert len(pool) == len(KITCHEN) and {m["episode_id"] for m in pool.metadata} == {"ep1"}
 
 
@@ -237,9 +247,11 @@ def test_empty_memory_and_unknown_namespace_give_an_empty_pool(tmp_path, emb):
 def test_candidates_where_narrows(memory):
     memory.log_episode("ep1", KITCHEN, reward=1.0)
     memory.log_episode("ep2", GARDEN)
-    pool = memory.candidates(context="take", k=20, where="kind = 'action' AND step >= 1")
+    pool = memory.candidates(
+        context="take", k=20, where="kind = 'action' AND step >= 1", fields=["kind", "step"]
+    )
     assert pool.texts and all(m["kind"] == "action" and m["step"] >= 1 for m in pool.metadata)
-    pool = memory.candidates(context="take", k=20, where="reward IS NOT NULL")
+    pool = memory.candidates(context="take", k=20, where="reward IS NOT NULL", fields="all")
     assert {m["episode_id"] for m in pool.metadata} == {"ep1"}
     assert memory.count(where="text LIKE '%potato%'") == 3
 
@@ -264,7 +276,7 @@ def test_namespaces_are_a_hard_boundary(tmp_path, emb):
         mem.refresh()
     for n, mem in mems.items():
         for where in [None, *attacks]:
-            pool = mem.candidates(context="open fridge", k=200, where=where)
+            pool = mem.candidates(context="open fridge", k=200, where=where, fields=["namespace"])
             assert {m["namespace"] for m in pool.metadata} <= {n}, (n, where)
             assert mem.count(where=where) <= len(KITCHEN + GARDEN)
         assert len(mem.candidates(context="open fridge", k=200, task="t'1")) == len(KITCHEN + GARDEN)

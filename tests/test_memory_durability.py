@@ -3,6 +3,7 @@ other processes, and the same code against an S3-compatible object store (moto, 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -242,7 +243,7 @@ def s3_server():
             proc.wait()
 
 
-def test_the_same_memory_on_an_s3_compatible_store(s3_server, tmp_path):
+def test_the_same_memory_on_an_s3_compatible_store(s3_server, tmp_path, capsys):
     emb = HashingEmbedder(DIM)
     uri = "s3://agents/memory"
     one = TrajectoryMemory.open(uri, embedder=emb, namespace="worker-1", storage_options=s3_server)
@@ -260,7 +261,9 @@ def test_the_same_memory_on_an_s3_compatible_store(s3_server, tmp_path):
     assert one.count() == 2 and one.count("worker-2") == 400 and one.count(ALL_NAMESPACES) == 402
     ids = set(one.table.search().where("namespace = 'worker-2'").select(["id"]).to_arrow()["id"].to_pylist())
     assert ids == {f"{n}-{b}-{i}" for n in "pq" for b in range(5) for i in range(40)}
-    pool = one.candidates(context="open the fridge", k=10, where="1=1 OR namespace = 'worker-2'")
+    pool = one.candidates(
+        context="open the fridge", k=10, where="1=1 OR namespace = 'worker-2'", fields="all"
+    )
     assert len(pool) == 2 and pool.texts[0] == "open fridge"
     assert {m["namespace"] for m in pool.metadata} == {"worker-1"}
     with one.pinned_to(snapshot):
@@ -269,3 +272,14 @@ def test_the_same_memory_on_an_s3_compatible_store(s3_server, tmp_path):
     one.optimize()
     two = TrajectoryMemory.open(uri, embedder=emb, namespace="worker-2", storage_options=s3_server)
     assert two.count() == 400 and two.stats()["disk_bytes"] > 0
+    # the CLI reaches the same bucket with --storage-option
+    from hullft_agent.memory.cli import add_memory_commands
+
+    parser = argparse.ArgumentParser()
+    add_memory_commands(parser.add_subparsers(dest="command"))
+    options = [f"--storage-option={k}={v}" for k, v in s3_server.items()]
+    args = parser.parse_args(["memory", "stats", "--json", "--uri", uri, "--namespace", "worker-2", *options])
+    assert args.func(args) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == 400
+    args = parser.parse_args(["memory", "stats", "--uri", uri, "--storage-option", "no-equals-sign"])
+    assert args.func(args) == 2

@@ -51,6 +51,14 @@ def _out(text: str) -> None:
 
 def _config(args: argparse.Namespace, **extra: Any) -> MemoryConfig:
     values: dict[str, Any] = {"uri": args.uri, "table": args.table}
+    options = {}
+    for item in args.storage_option or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--storage-option takes KEY=VALUE, got {item!r}")
+        options[key] = value
+    if options:
+        values["storage_options"] = options
     if args.namespace is not None:
         values["namespace"] = args.namespace
     values.update({k: v for k, v in extra.items() if v is not None})
@@ -112,7 +120,12 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 def _cmd_search(args: argparse.Namespace) -> int:
     memory = _open(args, need_embedder=True)
     pool = memory.candidates(
-        context=args.text, k=args.k, task=args.task, exclude_episode=args.exclude_episode, where=args.where
+        context=args.text,
+        k=args.k,
+        task=args.task,
+        exclude_episode=args.exclude_episode,
+        where=args.where,
+        fields="all",
     )
     if args.json:
         rows = [
@@ -175,6 +188,12 @@ def add_memory_commands(subparsers: Any) -> argparse.ArgumentParser:
     )
     common.add_argument("--table", default="trajectories", help="table name (default trajectories)")
     common.add_argument("--namespace", default=None, help="namespace (agent/user/tenant); default 'default'")
+    common.add_argument(
+        "--storage-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="object-store option, repeatable (e.g. aws_endpoint=http://127.0.0.1:9000, allow_http=true)",
+    )
     common.add_argument(
         "--embedder",
         default=None,

@@ -72,17 +72,24 @@ class MemoryConfig(BaseModel):
         "than this is lost, so raise it for long evaluations",
     )
     index_threshold: int = Field(
-        20_000, ge=1, description="build the vector index once the table holds this many rows"
+        10_000, ge=1, description="build the vector index once the table holds this many rows"
     )
     index_type: IndexType = "IVF_FLAT"
     index_params: dict[str, Any] = Field(
         default_factory=dict,
         description="extra arguments of the lancedb index config (num_partitions, num_sub_vectors, m, "
-        "ef_construction ...); num_partitions defaults to about sqrt(rows)/5",
+        "ef_construction ...); num_partitions defaults to sqrt(rows)",
     )
     nprobes: int | None = Field(
-        None, ge=1, description="IVF partitions probed per query; default: half of the partitions"
+        None, ge=1, description="IVF partitions probed per query (fixed); default: see probe_rows_per_k"
     )
+    probe_rows_per_k: float = Field(
+        75.0,
+        gt=0,
+        description="probe enough IVF partitions to scan about this many rows per requested candidate "
+        "(k=200 at 100k rows and sqrt(rows) partitions: 48 of 316 partitions)",
+    )
+    min_nprobes: int = Field(20, ge=1, description="never probe fewer IVF partitions than this")
     refine_factor: int | None = Field(None, ge=1, description="re-rank refine_factor*k rows exactly (PQ/SQ)")
     ef: int | None = Field(None, ge=1, description="HNSW search breadth (default 2k, at least 300)")
     reindex_growth: float = Field(

@@ -61,8 +61,10 @@ logger = logging.getLogger(__name__)
 
 META_INDEX_PARTITIONS = "hullft.index_partitions"
 DEFAULT_WINDOW = 4
+_MIN_INDEX_ROWS = 256
 _CACHE_EPISODES = 10_000
-_RESULT_COLUMNS = [*SCALAR_COLUMNS, "vector", "_distance"]
+#: Fields of each candidate's metadata by default (more cost a little latency per column).
+_POOL_FIELDS: tuple[str, ...] = ()
 
 
 class EmbedderMismatchError(ValueError):
@@ -178,6 +180,8 @@ class TrajectoryMemory:
         self._history: OrderedDict[tuple[str, str], list[tuple[int, str, str]]] = OrderedDict()
         self._valid_where: OrderedDict[str, None] = OrderedDict()
         self._has_index: bool | None = None
+        self._probe_cache: tuple[int, int, int] | None = None
+        self._index_kind: str | None = None
         self._db = self._connect()
         self._table = self._open_or_create()
 
@@ -786,6 +790,7 @@ class TrajectoryMemory:
         task: str | None = None,
         exclude_episode: str | None = None,
         where: str | None = None,
+        fields: Sequence[str] | str | None = None,
         exact: bool = False,
     ) -> CandidatePool:
         """The k rows nearest the query, within one namespace, as the adapter's candidate pool.
@@ -794,9 +799,10 @@ class TrajectoryMemory:
         embedder (a str passed as `vector` is taken as the context). `task` restricts to a task,
         `exclude_episode` drops an episode (the current one, so it cannot leak into its own
         training set), `where` adds a SQL filter that can only narrow the result. Similarities are
-        cosines; each row's metadata holds its `distance` (1 - cosine) and the stored fields.
-        `exact` skips the vector index (ground truth). An empty table or an unknown namespace gives
-        an empty pool.
+        cosines; each row's metadata holds its `id`, `namespace`, `distance` (1 - cosine) and the
+        columns named in `fields` (a list, or "all"; each one costs about a millisecond of latency
+        at 100k rows, so none by default). `exact` skips the vector index (ground truth). An empty table
+        or an unknown namespace gives an empty pool.
         """
         table = self._live()
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
@@ -807,22 +813,49 @@ class TrajectoryMemory:
             task = check_name(task, "task")
         if exclude_episode is not None:
             exclude_episode = check_name(exclude_episode, "exclude_episode")
+        columns = self._candidate_columns(fields)
         filt = self._check_where(table, where, scope(ns, task=task, exclude_episode=exclude_episode))
-        search = (
-            table.search(query, vector_column_name="vector")
-            .distance_type("cosine")
-            .where(filt, prefilter=True)
-            .select(_RESULT_COLUMNS)
-            .limit(int(k))
-        )
-        if exact:
-            search = search.bypass_vector_index()
-        else:
-            search = self._tune(table, search, int(k))
-        result = search.to_arrow()
+
+        def run(probes: int | None, widen: bool) -> pa.Table:
+            search = (
+                table.search(query, vector_column_name="vector")
+                .distance_type("cosine")
+                .where(filt, prefilter=True)
+                .select(columns)
+                .limit(int(k))
+            )
+            if exact:
+                return search.bypass_vector_index().to_arrow()
+            if probes is not None:
+                # widen: keep probing partitions until k rows pass the filter (a small namespace)
+                search = search.minimum_nprobes(probes).maximum_nprobes(0 if widen else probes)
+            if self._index_kind is not None and "HNSW" in self._index_kind:
+                search = search.ef(self.config.ef or max(300, 2 * int(k)))
+            if self.config.refine_factor:
+                search = search.refine_factor(self.config.refine_factor)
+            return search.to_arrow()
+
+        probes = None if exact else self._probes(table, int(k))
+        result = run(probes, widen=False)
+        if probes is not None and result.num_rows < k:
+            result = run(probes, widen=True)
         if result.num_rows == 0:
             return CandidatePool.empty(self._dim)
-        return self._pool(result)
+        return self._pool(result, ns)
+
+    def _candidate_columns(self, fields: Sequence[str] | str | None) -> list[str]:
+        if fields is None:
+            extra = list(_POOL_FIELDS)
+        elif fields == "all":
+            extra = [c for c in SCALAR_COLUMNS if c not in ("id", "text")]
+        else:
+            extra = [fields] if isinstance(fields, str) else list(fields)
+            unknown = sorted(set(extra) - set(SCALAR_COLUMNS))
+            if unknown:
+                raise ValueError(
+                    f"unknown fields {unknown}; expected some of {list(SCALAR_COLUMNS)} or 'all'"
+                )
+        return ["id", "text", "vector", *[c for c in extra if c not in ("id", "text", "vector")], "_distance"]
 
     def _vector_index(self, table: Any) -> Any:
         for index in table.list_indices():
@@ -830,38 +863,55 @@ class TrajectoryMemory:
                 return index
         return None
 
-    def _tune(self, table: Any, search: Any, k: int) -> Any:
-        index = self._vector_index(table)
-        if index is None:
-            return search
-        kind = _index_type_name(index)
-        if "HNSW" in kind:
-            search = search.ef(self.config.ef or max(300, 2 * k))
-        if "IVF" in kind or "HNSW" in kind:
-            nprobes = self.config.nprobes
-            if nprobes is None:
+    def _probes(self, table: Any, k: int) -> int | None:
+        """IVF partitions to probe (None: no IVF index): enough to scan about
+        `probe_rows_per_k * k` rows, at least `min_nprobes`, unless `nprobes` is set."""
+        version = table.version
+        if self._probe_cache is None or self._probe_cache[0] != version:
+            index = self._vector_index(table)
+            self._index_kind = None if index is None else _index_type_name(index)
+            partitions = 0
+            if index is not None and "IVF" in self._index_kind:
                 meta = table.schema.field("vector").metadata or {}
-                partitions = int(meta.get(META_INDEX_PARTITIONS.encode(), b"0") or 0)
-                nprobes = max(1, math.ceil(partitions / 2)) if partitions else 20
-            search = search.minimum_nprobes(nprobes).maximum_nprobes(0)
-        if self.config.refine_factor:
-            search = search.refine_factor(self.config.refine_factor)
-        return search
+                partitions = int(meta.get(META_INDEX_PARTITIONS.encode(), b"0") or 0) or -1
+            self._probe_cache = (version, partitions, int(table.count_rows()))
+        _, partitions, rows = self._probe_cache
+        if partitions == 0:
+            return None
+        if self.config.nprobes is not None:
+            return self.config.nprobes
+        if partitions < 0:  # an index this memory did not build: lance's default
+            return self.config.min_nprobes
+        wanted = math.ceil(self.config.probe_rows_per_k * k * partitions / max(rows, 1))
+        return min(partitions, max(self.config.min_nprobes, wanted))
 
-    def _pool(self, result: pa.Table) -> CandidatePool:
+    def _pool(self, result: pa.Table, namespace: str) -> CandidatePool:
         n = result.num_rows
         flat = result["vector"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
         vectors = np.ascontiguousarray(flat.reshape(n, self._dim), dtype=np.float32)
         distances = result["_distance"].to_numpy(zero_copy_only=False).astype(np.float32)
-        records = self._records(result)
-        for rec, dist in zip(records, distances, strict=True):
-            rec["distance"] = float(dist)
+        ids = result["id"].to_pylist()
+        columns = [c for c in result.column_names if c not in ("id", "text", "vector", "_distance")]
+        data = [result[c].to_pylist() for c in columns]
+        if "metadata" in columns:
+            j = columns.index("metadata")
+            data[j] = [json.loads(m) if m else {} for m in data[j]]
+        dist = distances.tolist()
+        metadata = [
+            {
+                "id": ids[i],
+                "namespace": namespace,
+                **{c: data[j][i] for j, c in enumerate(columns)},
+                "distance": dist[i],
+            }
+            for i in range(n)
+        ]
         return CandidatePool(
-            ids=[r["id"] for r in records],
-            texts=[r["text"] for r in records],
+            ids=ids,
+            texts=result["text"].to_pylist(),
             vectors=vectors,
             similarities=(1.0 - distances).astype(np.float32),
-            metadata=[{k: v for k, v in r.items() if k not in ("text",)} for r in records],
+            metadata=metadata,
         )
 
     @staticmethod
@@ -1143,7 +1193,7 @@ class TrajectoryMemory:
         if table is None or self._pinned is not None:
             return False
         rows = table.count_rows()
-        if rows < self.config.index_threshold:
+        if rows < max(self.config.index_threshold, _MIN_INDEX_ROWS):
             return False
         if self._has_index and not retrain:
             return False
@@ -1170,8 +1220,8 @@ class TrajectoryMemory:
 
         table = self._check_writable()
         rows = table.count_rows()
-        if rows < 256:
-            raise ValueError(f"the memory holds {rows} rows; a vector index needs at least 256")
+        if rows < _MIN_INDEX_ROWS:
+            raise ValueError(f"the memory holds {rows} rows; a vector index needs at least {_MIN_INDEX_ROWS}")
         params = dict(self.config.index_params)
         kind = self.config.index_type
         classes = {
@@ -1186,7 +1236,7 @@ class TrajectoryMemory:
             if "HNSW" in kind:
                 params["num_partitions"] = 1
             else:
-                params["num_partitions"] = int(max(1, min(rows // 64, round(math.sqrt(rows) / 5))))
+                params["num_partitions"] = int(max(1, min(4096, rows // 32, round(math.sqrt(rows)))))
         start = time.perf_counter()
         self._commit(
             "create_index",
@@ -1194,16 +1244,16 @@ class TrajectoryMemory:
                 "vector", config=classes[kind](distance_type="cosine", **params), replace=True
             ),
         )
-        for column, index_type in (
-            ("namespace", "BITMAP"),
-            ("kind", "BITMAP"),
-            ("task", "BTREE"),
-            ("episode_id", "BTREE"),
-            ("id", "BTREE"),
+        for column, scalar in (
+            ("namespace", lidx.Bitmap()),
+            ("kind", lidx.Bitmap()),
+            ("task", lidx.BTree()),
+            ("episode_id", lidx.BTree()),
+            ("id", lidx.BTree()),
         ):
             self._commit(
                 "create_scalar_index",
-                lambda c=column, t=index_type: table.create_scalar_index(c, index_type=t, replace=True),
+                lambda c=column, cfg=scalar: table.create_index(c, config=cfg, replace=True),
             )
         try:
             table.update_field_metadata(
