@@ -80,7 +80,9 @@ def test_adapt_end_to_end_on_a_local_model(pool_file, tmp_path, tiny_model, tiny
     out = capsys.readouterr().out
     assert code == 0, out
     assert "forward-backward passes" in out
-    before, after, restored = (float(out.split(key)[1].split()[0]) for key in ("before", "after", "restored:"))
+    before, after, restored = (
+        float(out.split(key)[1].split()[0].rstrip(")")) for key in ("before", "after", "restored:")
+    )
     assert after != before and restored == pytest.approx(before, abs=1e-6)
     assert "finetune" in out and "total" in out
 
