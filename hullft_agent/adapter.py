@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -140,8 +140,12 @@ class TestTimeAdapter:
         task: str | None = None,
         episode_id: str | None = None,
         query_vector: np.ndarray | None = None,
+        on_step: Callable[[int], None] | None = None,
     ) -> AdaptationReport:
-        """Adapt the model to `context`; candidates from `episode_id` are excluded (no leakage)."""
+        """Adapt the model to `context`; candidates from `episode_id` are excluded (no leakage).
+
+        `on_step(steps_done)` is called after each training step, e.g. to drive a progress bar.
+        """
         if not isinstance(context, str) or not context.strip():
             raise ValueError(f"context must be a non-empty string, got {context!r:.60}")
         sel = self.config.selection
@@ -156,7 +160,7 @@ class TestTimeAdapter:
             before = self.session.state_dict()
             restore = lambda: self.session.load_state_dict(before)  # noqa: E731
         try:
-            self._run(context, task, episode_id, query_vector, report)
+            self._run(context, task, episode_id, query_vector, report, on_step)
         except BaseException:
             restore()  # nothing half-adapted survives an error
             raise
@@ -177,6 +181,7 @@ class TestTimeAdapter:
         episode_id: str | None,
         query_vector: np.ndarray | None,
         report: AdaptationReport,
+        on_step: Callable[[int], None] | None,
     ) -> None:
         sel = self.config.selection
         timings = report.timings
@@ -215,7 +220,7 @@ class TestTimeAdapter:
 
         t0 = time.perf_counter()
         result = train_multiset(
-            self.session, [pool.texts[i] for i in idx], report.counts, self.config.finetune
+            self.session, [pool.texts[i] for i in idx], report.counts, self.config.finetune, on_step
         )
         timings["finetune"] = time.perf_counter() - t0
         report.steps, report.passes, report.losses = result.steps, result.passes, list(result.losses)

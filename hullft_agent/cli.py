@@ -147,8 +147,14 @@ def run_adaptation(
     before = adapter.score([query])
     print(f"adapting ({config.selection.method}, n={config.selection.n}, r={config.finetune.refresh_interval}) ...",
           flush=True)
-    with adapter.adapted(query) as report:
-        after = adapter.score([query])
+    from tqdm import tqdm
+
+    with tqdm(total=config.selection.n, desc="training steps", unit="step", leave=False) as bar:
+        def advance(_: int) -> None:
+            bar.update(1)
+
+        with adapter.adapted(query, on_step=advance) as report:
+            after = adapter.score([query])
     restored = adapter.score([query])
     print()
     print(f"method {report.method}  n {report.n}  pool {report.pool_size}  support {len(report.selected_ids)}  "

@@ -261,3 +261,10 @@ def test_per_task_non_finite_loss_keeps_the_tasks_earlier_adaptation(tiny_model,
     handle.remove()
     assert report.skipped and "non-finite" in report.skip_reason
     assert torch.equal(trained, logits(adapter))
+
+
+def test_on_step_reports_every_training_step(tiny_model, tiny_tokenizer):
+    adapter = make_adapter(tiny_model, tiny_tokenizer)
+    seen = []
+    report = adapter.adapt("cook the potato", on_step=seen.append)
+    assert seen == list(range(1, report.steps + 1)) and report.steps == 4

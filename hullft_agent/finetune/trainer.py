@@ -12,7 +12,7 @@ import logging
 import math
 import operator
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,6 +136,7 @@ def train_multiset(
     texts: Sequence[str],
     counts: Sequence[int],
     config: FinetuneConfig | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train `session` on the multiset {texts[i] x counts[i]} in the given order.
 
@@ -143,6 +144,7 @@ def train_multiset(
     of each sequence and the cached gradient on the others (sum(ceil(J / r)) passes). A count of 0
     skips its text. A non-finite loss stops training, resets the session and returns `ok=False`; any
     exception resets the session and is re-raised, so the model is never left half-adapted.
+    `on_step(steps_done)` is called after every optimizer step (progress bars).
     """
     config = config if config is not None else FinetuneConfig()
     start = time.perf_counter()
@@ -217,6 +219,8 @@ def train_multiset(
                         p.grad = grad
                 optimizer.step()
                 steps += 1
+                if on_step is not None:
+                    on_step(steps)
         result.steps, result.passes, result.tokens = steps, passes, tokens
     except BaseException:
         logger.warning("training failed; resetting the session to its initial state")
