@@ -279,9 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="versions, device, model and cache paths")
     p.set_defaults(func=cmd_info)
 
+    from hullft_agent.envs.cli import add_episodes_commands
     from hullft_agent.memory.cli import add_memory_commands
 
     add_memory_commands(sub)
+    add_episodes_commands(sub)
     return parser
 
 
