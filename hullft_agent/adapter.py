@@ -102,16 +102,26 @@ class TestTimeAdapter:
 
     # ------------------------------------------------------------------ state management
     def reset(self) -> None:
-        """Return to the base model (in per_task mode the stored task states are kept)."""
+        """Return to the base model; in per_task mode the active task's adapter is kept for later."""
+        self._stash_active_task()
         self.session.reset()
+
+    def forget_tasks(self) -> None:
+        """Drop every per_task adapter kept in memory (files in `adapter_dir` stay) and return to base."""
         self._active_task = None
+        self._task_states.clear()
+        self.session.reset()
+
+    def _stash_active_task(self) -> None:
+        if self._active_task is not None:
+            self._task_states[self._active_task] = self.session.state_dict()
+            self._save_task(self._active_task)
+            self._active_task = None
 
     def _activate_task(self, task: str) -> None:
         if self._active_task == task:
             return
-        if self._active_task is not None:
-            self._task_states[self._active_task] = self.session.state_dict()
-            self._save_task(self._active_task)
+        self._stash_active_task()
         if task in self._task_states:
             self.session.load_state_dict(self._task_states[task])
         elif self.config.adapter_dir is not None and _task_file(self.config.adapter_dir, task).exists():
@@ -153,7 +163,7 @@ class TestTimeAdapter:
         report = AdaptationReport(method=sel.method, mode=mode, task=task, n=sel.n, k=sel.k)
         start = time.perf_counter()
         if mode == "per_query":
-            self.session.reset()
+            self.reset()  # a per_task adapter active before a switch to per_query is kept, not lost
             restore = self.session.reset
         else:
             self._activate_task(task or DEFAULT_TASK)

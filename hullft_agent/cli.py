@@ -280,10 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     from hullft_agent.envs.cli import add_episodes_commands
+    from hullft_agent.evaluation.cli import add_eval_commands
     from hullft_agent.memory.cli import add_memory_commands
 
     add_memory_commands(sub)
     add_episodes_commands(sub)
+    add_eval_commands(sub)
     return parser
 
 

@@ -268,3 +268,20 @@ def test_on_step_reports_every_training_step(tiny_model, tiny_tokenizer):
     seen = []
     report = adapter.adapt("cook the potato", on_step=seen.append)
     assert seen == list(range(1, report.steps + 1)) and report.steps == 4
+
+
+def test_reset_in_per_task_mode_keeps_the_task_adapter(tiny_model, tiny_tokenizer):
+    config = make_config()
+    config.mode = "per_task"
+    adapter = make_adapter(tiny_model, tiny_tokenizer, config=config)
+    base = logits(adapter)
+    adapter.adapt("cook the potato", task="game-a")
+    trained = logits(adapter)
+    adapter.reset()
+    assert torch.equal(base, logits(adapter))
+    adapter.config.selection.method = "none"  # activate the task without training
+    adapter.adapt("cook the potato", task="game-a")
+    assert torch.equal(trained, logits(adapter))
+    adapter.forget_tasks()
+    adapter.adapt("cook the potato", task="game-a")
+    assert torch.equal(base, logits(adapter))

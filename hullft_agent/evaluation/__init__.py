@@ -1,0 +1,68 @@
+"""BPB evaluation of test-time finetuning methods on logged episodes (and on a mini-Pile of real text).
+
+    units = episode_units(memory, split="test", unit_size=4)
+    result = run_evaluation(units, load_model(), embedder=emb, source=memory, out_dir="eval-out",
+                            config=EvalConfig(methods=["base", "knn", "hullft"], n=[5, 20]))
+    print(result.markdown)
+
+Outputs in `out_dir`: results.jsonl (one line per finished unit, method and N; a rerun with
+`resume=True` skips those), run.json, summary.json, summary.md, bpb_vs_n.png, bpb_vs_time.png.
+"""
+
+from __future__ import annotations
+
+from hullft_agent.evaluation.report import (
+    bootstrap_ci,
+    byte_weighted_bpb,
+    markdown_table,
+    paired_delta_ci,
+    summarize,
+    summary_markdown,
+    write_atomic,
+)
+from hullft_agent.evaluation.results import ResultLog, ResultLogError, read_results
+from hullft_agent.evaluation.runner import (
+    METHODS,
+    EvalConfig,
+    EvalResult,
+    GuardedSource,
+    LeakageError,
+    MethodSpec,
+    check_methods,
+    run_evaluation,
+)
+from hullft_agent.evaluation.units import (
+    EvalUnit,
+    NoUnitsError,
+    episode_steps,
+    episode_units,
+    select_episodes,
+    text_units,
+)
+
+__all__ = [
+    "METHODS",
+    "EvalConfig",
+    "EvalResult",
+    "EvalUnit",
+    "GuardedSource",
+    "LeakageError",
+    "MethodSpec",
+    "NoUnitsError",
+    "ResultLog",
+    "ResultLogError",
+    "bootstrap_ci",
+    "byte_weighted_bpb",
+    "check_methods",
+    "episode_steps",
+    "episode_units",
+    "markdown_table",
+    "paired_delta_ci",
+    "read_results",
+    "run_evaluation",
+    "select_episodes",
+    "summarize",
+    "summary_markdown",
+    "text_units",
+    "write_atomic",
+]

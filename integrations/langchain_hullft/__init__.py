@@ -1,0 +1,36 @@
+"""LangChain integration of hullft-agent: a chat model that adapts before every call, and agent middleware.
+
+- `ChatHullFT`: a `BaseChatModel` over a local causal LM, an optional `TestTimeAdapter` and an
+  optional `TrajectoryMemory`.
+- `HullFTMiddleware`: `langchain.agents.create_agent` middleware that adapts the agent's ChatHullFT
+  before each model call and logs model outputs, tool calls and tool results to memory.
+"""
+
+from langchain_hullft._messages import UnsupportedMessageError
+from langchain_hullft._runtime import DEFAULT_MEMORY_KINDS, get_adaptation_report
+from langchain_hullft.chat_models import ADAPTATION_FIELDS, CallOptions, ChatHullFT, ContextOverflowError
+
+__all__ = [
+    "ADAPTATION_FIELDS",
+    "DEFAULT_MEMORY_KINDS",
+    "CallOptions",
+    "ChatHullFT",
+    "ContextOverflowError",
+    "HullFTMiddleware",
+    "UnsupportedMessageError",
+    "get_adaptation_report",
+]
+
+
+def __getattr__(name: str):
+    # the middleware needs the `langchain` package (the `langchain` extra); the chat model only langchain-core
+    if name in ("HullFTMiddleware", "HullFTState", "find_chat_hullft"):
+        try:
+            from langchain_hullft import middleware
+        except ImportError as exc:
+            raise ImportError(
+                f"{name} needs the `langchain` package (create_agent middleware): "
+                'pip install "hullft-agent[langchain]"'
+            ) from exc
+        return getattr(middleware, name)
+    raise AttributeError(f"module 'langchain_hullft' has no attribute {name!r}")

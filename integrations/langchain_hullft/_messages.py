@@ -1,0 +1,193 @@
+"""LangChain messages → chat-template conversations, adaptation contexts and memory steps.
+
+Pure functions on message objects (no model, no torch), so they are easy to test on their own.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    ChatMessage,
+    FunctionMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
+
+#: Roles a rendered conversation uses (the names Hugging Face chat templates expect).
+SYSTEM, USER, ASSISTANT, TOOL = "system", "user", "assistant", "tool"
+
+_CHAT_ROLES = {
+    "system": SYSTEM,
+    "developer": SYSTEM,
+    "user": USER,
+    "human": USER,
+    "assistant": ASSISTANT,
+    "ai": ASSISTANT,
+    "tool": TOOL,
+    "function": TOOL,
+}
+_TEXT_BLOCKS = {"text", "text-plain", "reasoning"}
+
+
+class UnsupportedMessageError(TypeError):
+    """A message (or a content block) ChatHullFT cannot render: it names the message and why."""
+
+
+def content_text(content: Any, *, where: str) -> str:
+    """The text of a message's content: a string, or a list of text blocks (others are refused)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise UnsupportedMessageError(f"{where}: content must be a str or a list of blocks, got {type(content).__name__}")
+    parts: list[str] = []
+    for i, block in enumerate(content):
+        if isinstance(block, str):
+            parts.append(block)
+            continue
+        if not isinstance(block, dict):
+            raise UnsupportedMessageError(f"{where}: content block {i} is a {type(block).__name__}, not a dict")
+        kind = block.get("type")
+        if kind in _TEXT_BLOCKS:
+            text = block.get("text", block.get("reasoning", ""))
+            if kind != "reasoning":  # reasoning traces are not replayed to the model
+                parts.append(str(text))
+            continue
+        if kind in {"tool_use", "tool_call", "tool_call_chunk", "server_tool_call", "server_tool_result"}:
+            continue  # rendered from message.tool_calls instead
+        raise UnsupportedMessageError(
+            f"{where}: content block {i} has type {kind!r}; ChatHullFT is text-only "
+            "(images, audio, files and other media are not supported)"
+        )
+    return "".join(parts)
+
+
+def render_tool_calls(tool_calls: Sequence[dict[str, Any]]) -> str:
+    """Tool calls as text lines: `[tool call] name({"a": 1})`."""
+    lines = []
+    for call in tool_calls:
+        args = json.dumps(call.get("args", {}), ensure_ascii=False, sort_keys=True, default=str)
+        lines.append(f"[tool call] {call.get('name', '?')}({args})")
+    return "\n".join(lines)
+
+
+def to_conversation(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
+    """Render messages as `[{"role", "content"}]` for `tokenizer.apply_chat_template`.
+
+    System → system, Human → user, AI → assistant (tool calls appended as `[tool call] ...` lines),
+    Tool/Function → tool (content prefixed with the tool's name), ChatMessage by its role. Anything
+    else raises `UnsupportedMessageError` naming the message.
+    """
+    if not isinstance(messages, (list, tuple)):
+        raise TypeError(f"messages must be a list of LangChain messages, got {type(messages).__name__}")
+    if not messages:
+        raise ValueError("ChatHullFT needs at least one message; got an empty message list")
+    out: list[dict[str, str]] = []
+    for i, message in enumerate(messages):
+        where = f"messages[{i}] ({type(message).__name__})"
+        role = message_role(message, where=where)
+        text = content_text(message.content, where=where)
+        if isinstance(message, AIMessage) and message.tool_calls:
+            calls = render_tool_calls(message.tool_calls)
+            text = f"{text}\n{calls}" if text else calls
+        elif role == TOOL:
+            name = getattr(message, "name", None)
+            status = getattr(message, "status", "success")
+            prefix = f"[tool result{' ' + name if name else ''}{' (error)' if status == 'error' else ''}] "
+            text = prefix + text
+        out.append({"role": role, "content": text})
+    return out
+
+
+def message_role(message: Any, *, where: str = "message") -> str:
+    """The chat-template role of a message, or `UnsupportedMessageError`."""
+    if isinstance(message, SystemMessage):
+        return SYSTEM
+    if isinstance(message, HumanMessage):
+        return USER
+    if isinstance(message, AIMessage):
+        return ASSISTANT
+    if isinstance(message, (ToolMessage, FunctionMessage)):
+        return TOOL
+    if isinstance(message, ChatMessage):
+        role = _CHAT_ROLES.get(str(message.role).lower())
+        if role is None:
+            raise UnsupportedMessageError(
+                f"{where}: ChatMessage role {message.role!r} is not supported; "
+                f"expected one of {sorted(_CHAT_ROLES)}"
+            )
+        return role
+    raise UnsupportedMessageError(
+        f"{where}: unsupported message type {type(message).__name__}; expected SystemMessage, "
+        "HumanMessage, AIMessage, ToolMessage or ChatMessage"
+    )
+
+
+def fallback_conversations(conversation: list[dict[str, str]]) -> list[list[dict[str, str]]]:
+    """Progressively plainer variants for chat templates that refuse some roles.
+
+    1. as given; 2. tool turns rendered as user turns; 3. additionally the system prompt folded into
+    the first user turn and consecutive same-role turns merged (strict user/assistant alternation).
+    """
+    variants = [conversation]
+    no_tool = [{"role": USER if m["role"] == TOOL else m["role"], "content": m["content"]} for m in conversation]
+    if no_tool != conversation:
+        variants.append(no_tool)
+    system = "\n\n".join(m["content"] for m in no_tool if m["role"] == SYSTEM)
+    rest = [m for m in no_tool if m["role"] != SYSTEM]
+    merged: list[dict[str, str]] = []
+    for m in rest:
+        if merged and merged[-1]["role"] == m["role"]:
+            merged[-1] = {"role": m["role"], "content": merged[-1]["content"] + "\n\n" + m["content"]}
+        else:
+            merged.append(dict(m))
+    if system:
+        if merged and merged[0]["role"] == USER:
+            merged[0] = {"role": USER, "content": system + "\n\n" + merged[0]["content"]}
+        else:
+            merged.insert(0, {"role": USER, "content": system})
+    if merged and merged not in variants:
+        variants.append(merged)
+    return variants
+
+
+def plain_prompt(conversation: list[dict[str, str]]) -> str:
+    """A prompt for tokenizers without a chat template: `Role: text` lines, ending in `Assistant:`."""
+    names = {SYSTEM: "System", USER: "User", ASSISTANT: "Assistant", TOOL: "Tool"}
+    lines = [f"{names.get(m['role'], m['role'].title())}: {m['content']}" for m in conversation]
+    return "\n".join(lines) + "\nAssistant:"
+
+
+def adaptation_context(messages: Sequence[BaseMessage], last: int) -> str:
+    """The text the adapter embeds and selects memory for: the last `last` non-system messages.
+
+    Contents (AI tool calls as `[tool call]` lines, tool results as their text) joined by newlines,
+    without role markers or template tokens, so it lives in the same space as the memory's step texts.
+    """
+    picked = [m for m in messages if not isinstance(m, SystemMessage) and message_role(m) != SYSTEM]
+    parts = []
+    for message in picked[-last:] if last > 0 else []:
+        text = content_text(message.content, where=type(message).__name__)
+        if isinstance(message, AIMessage) and message.tool_calls:
+            text = "\n".join(t for t in (text, render_tool_calls(message.tool_calls)) if t)
+        if text.strip():
+            parts.append(text.strip())
+    return "\n".join(parts)
+
+
+def trailing_inputs(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
+    """The messages after the last AI message (the new input of this call), system messages left out."""
+    tail: list[BaseMessage] = []
+    for message in reversed(messages):
+        if isinstance(message, AIMessage) or (isinstance(message, ChatMessage) and message_role(message) == ASSISTANT):
+            break
+        tail.append(message)
+    tail.reverse()
+    return [m for m in tail if message_role(m) != SYSTEM]
