@@ -89,7 +89,8 @@ def main() -> None:
             selection=SelectionConfig(method="hullft", n=8, k=50),
             finetune=FinetuneConfig(lr=2e-3, max_length=128),
         )
-        chat = ChatHullFT.from_pretrained(memory=memory, adapter_config=config, max_tokens=32, temperature=0.0)
+        chat = ChatHullFT.from_pretrained(memory=memory, adapter_config=config, max_tokens=32, temperature=0.0,
+                                          repetition_penalty=1.3)
         messages = [SystemMessage(SYSTEM), HumanMessage("How do I reset the Aurora X2 lamp?")]
         thread = {"configurable": {"thread_id": "customer-42"}}
 
