@@ -123,7 +123,10 @@ class InMemoryCandidates:
         *,
         task: str | None = None,
         exclude_episode: str | None = None,
+        exclude_task: str | None = None,
     ) -> CandidatePool:
+        """The k rows most similar to `vector`, optionally restricted to `task` and without the rows of
+        `exclude_episode` and `exclude_task` (evaluations that must not train on the same game)."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be an integer >= 1, got {k!r}")
         query = check_vectors(np.asarray(vector).reshape(1, -1), self.dim, what="query vector")[0]
@@ -132,6 +135,8 @@ class InMemoryCandidates:
             keep &= np.array([e != exclude_episode for e in self.episodes], dtype=bool)
         if task is not None:
             keep &= np.array([t == task for t in self.tasks], dtype=bool)
+        if exclude_task is not None:
+            keep &= np.array([t != exclude_task for t in self.tasks], dtype=bool)
         rows = np.flatnonzero(keep)
         if rows.size == 0:
             return CandidatePool.empty(self.dim)

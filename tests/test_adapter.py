@@ -285,3 +285,10 @@ def test_reset_in_per_task_mode_keeps_the_task_adapter(tiny_model, tiny_tokenize
     adapter.forget_tasks()
     adapter.adapt("cook the potato", task="game-a")
     assert torch.equal(base, logits(adapter))
+
+
+def test_in_memory_candidates_can_exclude_a_task():
+    emb = HashEmbedder()
+    source = InMemoryCandidates(TEXTS, embedder=emb, tasks=["a", "b", "a", "b", "a", None])
+    pool = source.candidates(emb.encode("potato"), 10, exclude_task="a")
+    assert [m["task"] for m in pool.metadata].count("a") == 0 and len(pool) == 3

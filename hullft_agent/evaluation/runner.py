@@ -190,7 +190,7 @@ class GuardedSource:
                 fields=["episode_id", "task"],
             )
         elif drop_task is not None and isinstance(self.source, InMemoryCandidates):
-            pool = _in_memory_without_task(self.source, vector, k, task, episode, drop_task)
+            pool = self.source.candidates(vector, k, task=task, exclude_episode=episode, exclude_task=drop_task)
         else:
             pool = self.source.candidates(vector, k, task=task, exclude_episode=episode)
         self._check_pool(pool, unit)
@@ -216,35 +216,6 @@ class GuardedSource:
         stray = [i for i in selected_ids if i not in pool_ids]
         if stray:
             raise LeakageError(f"selected id(s) {stray[:5]} are not in the unit's checked candidate pool")
-
-
-def _in_memory_without_task(
-    source: InMemoryCandidates, vector: np.ndarray, k: int, task: str | None, episode: str | None, drop_task: str
-) -> CandidatePool:
-    """InMemoryCandidates search that also drops a task (the class itself can only keep one)."""
-    from hullft_agent.candidates import check_vectors
-
-    query = check_vectors(np.asarray(vector).reshape(1, -1), source.dim, what="query vector")[0]
-    keep = np.array(
-        [
-            t != drop_task and (episode is None or e != episode) and (task is None or t == task)
-            for e, t in zip(source.episodes, source.tasks, strict=True)
-        ],
-        dtype=bool,
-    )
-    rows = np.flatnonzero(keep)
-    if rows.size == 0:
-        return CandidatePool.empty(source.dim)
-    sims = source.vectors[rows] @ query
-    top = np.argsort(-sims, kind="stable")[:k]
-    chosen = rows[top]
-    return CandidatePool(
-        ids=[source.ids[i] for i in chosen],
-        texts=[source.texts[i] for i in chosen],
-        vectors=source.vectors[chosen],
-        similarities=sims[top].astype(np.float32),
-        metadata=[{"episode": source.episodes[i], "task": source.tasks[i]} for i in chosen],
-    )
 
 
 @dataclass
