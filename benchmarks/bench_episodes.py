@@ -132,6 +132,35 @@ def run_sweep(args: argparse.Namespace, memory: Any, units: list[Any], common: d
     return 0
 
 
+def near_copy_split(units: list[Any], memory: Any, records: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
+    """BPB per method on units whose nearest allowed memory row is (nearly) the same text, and on the rest.
+
+    TextWorld's templated text repeats across games (e.g. the closing 'prepare meal / eat meal' steps), so
+    some units have a near-verbatim twin in other games' episodes: adaptation gains there are real but easy.
+    """
+    from hullft_agent.evaluation.report import byte_weighted_bpb
+    from hullft_agent.evaluation.runner import GuardedSource
+
+    guard = GuardedSource(memory, namespace=memory.namespace, exclude_task=True)
+    vectors = memory.embedder.encode([u.text for u in units])
+    top = {}
+    for unit, vector in zip(units, vectors, strict=True):
+        guard.begin(unit)
+        pool = guard.candidates(vector, 1)
+        top[unit.id] = float(pool.similarities[0]) if len(pool) else 0.0
+    twins = {u for u, sim in top.items() if sim >= threshold}
+    out: dict[str, Any] = {"threshold": threshold, "units_with_twin": len(twins), "units": len(top),
+                           "top_similarity": top, "bpb": {}}
+    for method in dict.fromkeys(r["method"] for r in records):
+        rows = [r for r in records if r["method"] == method]
+        for name, keep in (("with_twin", True), ("without_twin", False)):
+            part = [r for r in rows if (r["unit"] in twins) == keep]
+            if part:
+                out["bpb"].setdefault(method, {})[name] = byte_weighted_bpb(
+                    [r["nll_nats"] for r in part], [r["n_bytes"] for r in part])
+    return out
+
+
 def run_comparison(args: argparse.Namespace, memory: Any, units: list[Any], common: dict[str, Any]) -> int:
     config = EvalConfig(methods=args.methods, n=args.n, k=args.k, exclude_task=True,
                         finetune=finetune_config(args), bootstrap=args.bootstrap)
@@ -145,10 +174,21 @@ def run_comparison(args: argparse.Namespace, memory: Any, units: list[Any], comm
             target = Path(f"{stem}{suffix}")
             shutil.copyfile(result.files[key], target)
             files[key] = rel(target)
+    from hullft_agent.evaluation.results import read_results
+
+    records, _ = read_results(result.files["results"])
+    split = near_copy_split(units, memory, records, args.twin_threshold)
+    lines = [f"\n## Units with a near-verbatim twin in other games (top similarity >= {args.twin_threshold})\n",
+             f"{split['units_with_twin']} of {split['units']} units.\n",
+             "| method | BPB, units with a twin | BPB, the other units |", "|---|---:|---:|"]
+    for method, cell in split["bpb"].items():
+        lines.append(f"| {method} | {cell.get('with_twin', float('nan')):.4f} | "
+                     f"{cell.get('without_twin', float('nan')):.4f} |")
+    markdown = result.markdown + "\n".join(lines) + "\n"
     write({**common, "benchmark": "episodes", "units": len(units),
-           "episodes": len({u.episode for u in units}), "summary": result.summary, "files": files},
-          out, result.markdown)
-    print(result.markdown)
+           "episodes": len({u.episode for u in units}), "summary": result.summary, "near_copies": split,
+           "files": files}, out, markdown)
+    print(markdown)
     return 0
 
 
@@ -161,7 +201,8 @@ def main() -> int:
     parser.add_argument("--valid-games", type=int, default=3)
     parser.add_argument("--test-games", type=int, default=6)
     parser.add_argument("--unit-size", type=int, default=4)
-    parser.add_argument("--max-units", type=int, default=None, help="only the first M units (sweep default 12)")
+    parser.add_argument("--max-units", type=int, default=None,
+                        help="only the first M units (default 12 for the sweep, 32 for the comparison; 0 = all)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--n", nargs="+", type=int, default=[20])
     parser.add_argument("--k", type=int, default=200)
@@ -170,6 +211,8 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=FinetuneConfig().lr)
     parser.add_argument("--max-length", type=int, default=128, help="training sequence length cap (tokens)")
     parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--twin-threshold", type=float, default=0.98,
+                        help="top cosine similarity that counts a unit as having a near-verbatim twin")
     parser.add_argument("--seed", type=int, default=0, help="game seeds and explore policy")
     parser.add_argument("--work-dir", default=None, help=f"memory and per-unit results (default {WORK})")
     parser.add_argument("--resume", action="store_true")
@@ -181,8 +224,9 @@ def main() -> int:
     args.work_dir = args.work_dir or f"{WORK}{'-quick' if args.quick else ''}"
     name = "bench_episodes" + ("_sweep" if args.sweep else "") + ("_quick" if args.quick else "")
     args.json = args.json or str(RESULTS / f"{name}.json")
-    if args.sweep and args.max_units is None:
-        args.max_units = 12
+    if args.max_units is None:
+        args.max_units = 12 if args.sweep else 32
+    args.max_units = args.max_units or None
 
     start = time.perf_counter()
     from hullft_agent.embedding import Embedder
