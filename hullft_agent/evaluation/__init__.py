@@ -7,10 +7,18 @@
 
 Outputs in `out_dir`: results.jsonl (one line per finished unit, method and N; a rerun with
 `resume=True` skips those), run.json, summary.json, summary.md, bpb_vs_n.png, bpb_vs_time.png.
+`run_evaluation_ray` (needs `pip install "hullft-agent[ray]"`) shards the units over Ray workers and
+writes the same folder.
 """
 
 from __future__ import annotations
 
+from hullft_agent.evaluation.distributed import (
+    MemorySource,
+    RayUnavailableError,
+    RayWorkerError,
+    run_evaluation_ray,
+)
 from hullft_agent.evaluation.report import (
     bootstrap_ci,
     byte_weighted_bpb,
@@ -47,8 +55,11 @@ __all__ = [
     "EvalUnit",
     "GuardedSource",
     "LeakageError",
+    "MemorySource",
     "MethodSpec",
     "NoUnitsError",
+    "RayUnavailableError",
+    "RayWorkerError",
     "ResultLog",
     "ResultLogError",
     "bootstrap_ci",
@@ -60,6 +71,7 @@ __all__ = [
     "paired_delta_ci",
     "read_results",
     "run_evaluation",
+    "run_evaluation_ray",
     "select_episodes",
     "summarize",
     "summary_markdown",

@@ -1,9 +1,10 @@
 """`hullft-agent eval ...` and `hullft-agent minipile ...`: compare methods by BPB, write a report.
 
-The main CLI calls `add_eval_commands(subparsers)`; each command sets `func(args) -> int` (0 ok, 2 a
-user error, 130 interrupted). Both print the markdown table and leave in `--out`: results.jsonl (one
-line per finished unit, method and N), run.json, summary.json, summary.md and two PNG plots. An
-interrupted run keeps every finished line: rerun the same command with `--resume` to finish it.
+The main CLI calls `add_eval_commands(subparsers)`; each command sets `func(args) -> int` (0 ok, 1 a Ray
+worker failed, 2 a user error, 130 interrupted). Both print the markdown table and leave in `--out`:
+results.jsonl (one line per finished unit, method and N), run.json, summary.json, summary.md and two PNG
+plots. An interrupted run keeps every finished line: rerun the same command with `--resume` to finish it.
+`eval --ray ADDRESS` shards the units over Ray workers (`evaluation.distributed`), same outputs.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from functools import partial
 from typing import Any
 
 from hullft_agent.config import PACKAGED_LLM, FinetuneConfig
@@ -48,12 +50,27 @@ def _out(text: str) -> None:
     sys.stdout.write(text + "\n")
 
 
+def _ray_errors() -> tuple[type[BaseException], ...]:
+    from hullft_agent.evaluation.distributed import RayUnavailableError, RayWorkerError
+
+    return (RayUnavailableError, RayWorkerError)
+
+
 def _guard(func: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
         try:
             return int(func(args))
         except LeakageError as exc:
             sys.stderr.write(f"error: leakage guard: {exc}\n")
+            return 2
+        except _ray_errors() as exc:
+            from hullft_agent.evaluation.distributed import RayWorkerError
+
+            sys.stderr.write(f"error: {exc}\n")
+            if isinstance(exc, RayWorkerError):
+                sys.stderr.write(f"finished results are kept in {args.out}/results.jsonl; fix the cause and "
+                                 "rerun the same command with --resume\n")
+                return 1
             return 2
         except _USER_ERRORS as exc:
             sys.stderr.write(f"error: {exc}\n")
@@ -90,8 +107,8 @@ def _eval_config(args: argparse.Namespace) -> EvalConfig:
     )
 
 
-def _open_memory(args: argparse.Namespace) -> Any:
-    from hullft_agent.memory import MemoryConfig, TrajectoryMemory
+def _memory_config(args: argparse.Namespace) -> Any:
+    from hullft_agent.memory import MemoryConfig
 
     options: dict[str, str] = {}
     for item in args.storage_option or []:
@@ -104,10 +121,17 @@ def _open_memory(args: argparse.Namespace) -> Any:
         values["storage_options"] = options
     if args.namespace is not None:
         values["namespace"] = args.namespace
-    config = MemoryConfig(**values)
-    from hullft_agent.memory import EmbedderRequiredError
+    return MemoryConfig(**values)
 
+
+def _open_memory(args: argparse.Namespace, *, embedder: bool = True) -> Any:
+    """The memory to evaluate; `embedder=False` loads no embedder (a Ray driver only reads the units)."""
+    from hullft_agent.memory import EmbedderRequiredError, TrajectoryMemory
+
+    config = _memory_config(args)
     try:
+        if not embedder:
+            return TrajectoryMemory(config)
         name = args.embedder or TrajectoryMemory(config).embedder_name
     except EmbedderRequiredError as exc:
         raise FileNotFoundError(f"no trajectory memory to evaluate: {exc}") from None
@@ -122,11 +146,11 @@ def _finish(result: Any) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     """BPB of held-out logged episodes under each method and N."""
-    from hullft_agent.evaluation.runner import run_evaluation
     from hullft_agent.evaluation.units import episode_units
 
     config = _eval_config(args)  # bad methods/N fail before anything loads
-    memory = _open_memory(args)
+    on_ray = args.ray is not None
+    memory = _open_memory(args, embedder=not on_ray)
     units = episode_units(
         memory,
         split=args.split,
@@ -139,16 +163,31 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         max_units=args.max_units,
     )
     _out(f"eval: {len(units)} unit(s) from {memory.uri} (namespace {memory.namespace!r}); "
-         f"methods {', '.join(config.methods)}; N {config.n}; K {config.k}; {config.mode}; {config.protocol}")
-    model = make_model(args.model)
-    result = run_evaluation(
-        units, model, embedder=memory.embedder, source=memory, out_dir=args.out, config=config,
-        namespace=memory.namespace, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
-        plots=not args.no_plots, title="Episode BPB",
-        metadata={"memory": memory.uri, "table": memory.table_name, "namespace": memory.namespace,
-                  "split": args.split, "task": args.task, "episodes": args.episodes, "unit_size": args.unit_size,
-                  "query": args.query},
-    )
+         f"methods {', '.join(config.methods)}; N {config.n}; K {config.k}; {config.mode}; {config.protocol}"
+         + (f"; Ray {args.ray}" if on_ray else ""))
+    common: dict[str, Any] = {
+        "out_dir": args.out, "config": config, "namespace": memory.namespace, "resume": args.resume,
+        "overwrite": args.overwrite, "progress": not args.no_progress, "plots": not args.no_plots,
+        "title": "Episode BPB",
+        "metadata": {"memory": memory.uri, "table": memory.table_name, "namespace": memory.namespace,
+                     "split": args.split, "task": args.task, "episodes": args.episodes,
+                     "unit_size": args.unit_size, "query": args.query},
+    }
+    if on_ray:
+        from hullft_agent.evaluation.distributed import MemorySource, run_evaluation_ray
+
+        # the workers load these themselves: factories travel, loaded models and DB handles do not
+        result = run_evaluation_ray(
+            units, model=partial(make_model, args.model),
+            embedder=partial(make_embedder, args.embedder or memory.embedder_name),
+            source=MemorySource.of(memory), ray_address=args.ray, workers=args.ray_workers,
+            num_cpus=args.ray_cpus, **common,
+        )
+    else:
+        from hullft_agent.evaluation.runner import run_evaluation
+
+        model = make_model(args.model)
+        result = run_evaluation(units, model, embedder=memory.embedder, source=memory, **common)
     return _finish(result)
 
 
@@ -220,6 +259,13 @@ def add_eval_commands(subparsers: Any) -> tuple[argparse.ArgumentParser, argpars
                    help="unit: adapt to the unit's text; context: only to the steps before it")
     p.add_argument("--context-steps", type=int, default=None, help="steps of context for --query context")
     p.add_argument("--max-units", type=int, default=None, help="evaluate only the first M units")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="shard the units over Ray workers: auto (a running cluster), local (a new one here), "
+                   "HOST:PORT or ray://HOST:PORT; needs pip install \"hullft-agent[ray]\"")
+    p.add_argument("--ray-workers", type=int, default=None, metavar="N",
+                   help="Ray workers (default: as many as the cluster's free CPUs, or GPUs, allow)")
+    p.add_argument("--ray-cpus", type=float, default=1, metavar="C",
+                   help="CPUs per Ray worker (default 1; a worker gets one GPU when the cluster has GPUs)")
     _common(p)
     p.set_defaults(func=_guard(_cmd_eval))
     eval_parser = p

@@ -13,6 +13,8 @@ source ever returns such a row.
 
 Every finished (unit, method, N) is appended to `results.jsonl` and fsynced. A rerun with `resume`
 skips the finished keys (and cuts a torn last line off), and gives the same final table.
+`JobRunner` computes the records and `plan_run`/`RunPlan` keep the folder; `distributed.run_evaluation_ray`
+uses both, with a `JobRunner` in every Ray worker.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -280,13 +283,19 @@ def _fingerprint(config: EvalConfig, units: Sequence[EvalUnit], model: dict[str,
     }
 
 
-def _prepare_out_dir(out: Path, fingerprint: dict[str, Any], *, resume: bool, overwrite: bool) -> None:
+def check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> list[str]:
+    """The earlier run's files in `out`; refuses them unless resuming or overwriting (cheap, checked early)."""
     existing = [name for name in _OUTPUT_FILES if (out / name).exists()]
     if existing and not resume and not overwrite:
         raise ValueError(
             f"{out} already holds an evaluation ({', '.join(existing)}); pass resume (--resume) to continue it, "
             "overwrite (--overwrite) to start over, or choose another output folder"
         )
+    return existing
+
+
+def _prepare_out_dir(out: Path, fingerprint: dict[str, Any], *, resume: bool, overwrite: bool) -> None:
+    existing = check_out_dir(out, resume=resume, overwrite=overwrite)
     if overwrite and not resume:
         for name in existing:
             (out / name).unlink()
@@ -304,11 +313,267 @@ def _prepare_out_dir(out: Path, fingerprint: dict[str, Any], *, resume: bool, ov
         raise ValueError(f"cannot resume {out}: {RESULTS_FILE} exists but {RUN_FILE} is missing")
 
 
+def check_units(units: Sequence[EvalUnit]) -> list[EvalUnit]:
+    """The units as a list: at least one, ids unique (results are keyed by unit id)."""
+    units = list(units)
+    if not units:
+        raise NoUnitsError("no units to evaluate")
+    ids = [u.id for u in units]
+    if len(set(ids)) != len(ids):
+        raise ValueError("unit ids must be unique")
+    return units
+
+
+# ---------------------------------------------------------------------------------------- jobs
+
+#: One job: (index of the unit in the run's unit list, method, N).
+Job = tuple[int, str, int]
+
+
+def job_weight(n: int) -> int:
+    return n + 1  # about one pass per training instance, plus scoring
+
+
+def task_group(unit: EvalUnit) -> str:
+    """What a per_task adapter accumulates over: the unit's task, else its group."""
+    return unit.task or unit.group
+
+
+class JobRunner:
+    """Runs jobs in this process and returns one result record per job.
+
+    It holds the leakage guard and the adapter; `run_evaluation` drives one, and every Ray worker of
+    `hullft_agent.evaluation.distributed` holds one, so a local and a distributed run compute their numbers
+    with the same code. The adapter is built on the first job (LoRA's random init seeded from the finetune
+    seed without touching the caller's RNG), so a refused output folder never wraps the caller's model
+    and every process starts from the same adapter.
+    """
+
+    def __init__(
+        self,
+        units: Sequence[EvalUnit],
+        model: Any = None,
+        tokenizer: Any = None,
+        *,
+        embedder: Any,
+        source: CandidateSource,
+        config: EvalConfig,
+        adapter: Any = None,
+        namespace: str | None = None,
+    ) -> None:
+        from hullft_agent.adapter import TestTimeAdapter
+
+        self.units = list(units)
+        self.config = config
+        self.embedder = embedder
+        self.guard = GuardedSource(source, namespace=namespace, exclude_task=config.exclude_task)
+        if adapter is None:
+            if model is None:
+                raise ValueError("pass a model (or a LoadedModel), or an existing TestTimeAdapter as adapter=")
+            if tokenizer is None and hasattr(model, "tokenizer"):
+                model, tokenizer = model.model, model.tokenizer
+            if tokenizer is None:
+                raise ValueError("pass the model's tokenizer (or a LoadedModel)")
+            if _has_lora_layers(model):
+                raise ValueError(
+                    "the model already carries LoRA layers (a TestTimeAdapter wrapped it): pass that adapter as "
+                    "adapter=, or load a separate copy of the model"
+                    + (" (the reference protocol trains every weight of a plain model)"
+                       if config.protocol == "reference" else "")
+                )
+            base_model = model
+        else:
+            if not isinstance(adapter, TestTimeAdapter):
+                raise TypeError(f"adapter must be a TestTimeAdapter, got {type(adapter).__name__}")
+            base_model = adapter.model
+        self.finetune = _finetune_config(config, _context_length(base_model))
+        if adapter is not None and adapter.session.method != self.finetune.method:
+            raise ValueError(
+                f"protocol {config.protocol!r} needs a {self.finetune.method!r} session but the adapter's is "
+                f"{adapter.session.method!r}; create a separate adapter (and model copy) for it"
+            )
+        self.model_info = _model_description(base_model)
+        self._model, self._tokenizer = base_model, tokenizer
+        self._adapter = adapter
+        self._previous: tuple[Any, Any] | None = None  # a caller's adapter: its source and config, restored
+        self._open = False
+        self._vectors: dict[int, np.ndarray] = {}
+        self._embed_time = 0.0
+        self._sequence: tuple[str, int] | None = None
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What every finished result of this run depends on (compared on resume)."""
+        return _fingerprint(self.config, self.units, self.model_info, self.finetune)
+
+    def embed(self, jobs: Sequence[Job]) -> None:
+        """Embed the queries of the units that `jobs` adapt to, in one batch in unit order.
+
+        A distributed run passes every worker the run's whole job list, so each worker's query vectors are
+        those of the local run, bit for bit, also with an embedder whose output depends on the batch.
+        """
+        need = sorted({i for i, m, _ in jobs if METHODS[m].selection is not None})
+        if not need:
+            return
+        t0 = time.perf_counter()
+        encoded = np.asarray(self.embedder.encode([self.units[i].query for i in need]), dtype=np.float32)
+        self._embed_time = (time.perf_counter() - t0) / len(need)
+        self._vectors = {i: encoded[j] for j, i in enumerate(need)}
+
+    def run(self, job: Job) -> dict[str, Any]:
+        """Adapt (per the job's method and N), score the unit, return its record."""
+        i, method, n = job
+        adapter = self._adapter_for_run()
+        if self.config.mode == "per_task" and self._sequence != (method, n):
+            adapter.forget_tasks()  # a new (method, N) sequence starts every task from the base model
+            self._sequence = (method, n)
+        return _run_job(adapter, self.guard, self.units[i], self._vectors.get(i), self._embed_time, method, n,
+                        self.config)
+
+    def close(self) -> None:
+        """Drop the per_task adapters, give a caller's adapter its source and config back, reset."""
+        if not self._open:
+            return
+        adapter = self._adapter
+        if self.config.mode == "per_task":
+            adapter.forget_tasks()
+        if self._previous is not None:
+            adapter.source, adapter.config = self._previous
+            self._previous = None
+        adapter.reset()
+        self._open, self._sequence = False, None
+
+    def _adapter_for_run(self) -> Any:
+        if self._open:
+            return self._adapter
+        from hullft_agent.adapter import TestTimeAdapter
+
+        adapter_config = AdapterConfig(finetune=self.finetune, mode=self.config.mode)
+        adapter_config.selection.k = self.config.k
+        if self._adapter is None:
+            import torch
+
+            # LoRA's A matrices start random: seed them (without touching the caller's RNG) so a resumed run
+            # in a new process, or a Ray worker, continues with the same adapter initialisation.
+            devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(self.finetune.seed if self.finetune.seed is not None else 0)
+                self._adapter = TestTimeAdapter(self._model, self._tokenizer, embedder=self.embedder,
+                                                source=self.guard, config=adapter_config)
+        else:
+            self._previous = (self._adapter.source, self._adapter.config)
+            self._adapter.source, self._adapter.config = self.guard, adapter_config
+            self._adapter.reset()
+        self._open = True
+        return self._adapter
+
+
 # ---------------------------------------------------------------------------------------- the run
 
 
-def _job_weight(n: int) -> int:
-    return n + 1  # about one pass per training instance, plus scoring
+@dataclass
+class RunPlan:
+    """An output folder after the resume check: the finished records and the jobs left, in run order."""
+
+    out: Path
+    config: EvalConfig
+    units: list[EvalUnit]
+    done: dict[tuple[str, str, int], dict[str, Any]]
+    jobs: list[Job]
+    total_jobs: int
+
+    @property
+    def results_path(self) -> Path:
+        return self.out / RESULTS_FILE
+
+    def key(self, job: Job) -> tuple[str, str, int]:
+        i, method, n = job
+        return (self.units[i].id, method, n)
+
+    @contextmanager
+    def recording(self, progress: bool) -> Iterator[Recorder]:
+        """Append finished records to results.jsonl (each fsynced) while a progress bar counts the steps."""
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=sum(job_weight(n) for _, _, n in self.jobs), desc="eval", unit="step", disable=not progress,
+            dynamic_ncols=True,
+        )
+        with ResultLog(self.results_path) as log, bar:
+            yield Recorder(self, log, bar)
+
+    def finish(self, title: str, *, plots: bool, metadata: dict[str, Any] | None) -> EvalResult:
+        """Write summary.json/.md (and the plots) from every finished record."""
+        return _finish(self.out, self.config, self.done, self.total_jobs, title, plots=plots, metadata=metadata)
+
+    def stopped(self, reason: str, title: str, metadata: dict[str, Any] | None) -> None:
+        """A run that stops early still leaves a (partial) summary of what it finished."""
+        logger.warning(
+            "%s after %d of %d job(s); finished results are in %s; rerun with resume to finish",
+            reason, len(self.done), self.total_jobs, self.results_path,
+        )
+        self.finish(title, plots=False, metadata=metadata)
+
+
+@dataclass
+class Recorder:
+    """Where finished jobs go: the results log, the plan's finished records and the progress bar."""
+
+    plan: RunPlan
+    log: ResultLog
+    bar: Any
+
+    def started(self, job: Job) -> None:
+        unit, method, n = self.plan.key(job)
+        self.bar.set_postfix_str(f"{method} N={n} {unit}"[:60], refresh=False)
+
+    def add(self, job: Job, record: dict[str, Any]) -> None:
+        self.log.append(record)
+        self.plan.done[self.plan.key(job)] = record
+        self.bar.update(job_weight(job[2]))
+
+
+def plan_run(
+    out: Path,
+    config: EvalConfig,
+    units: list[EvalUnit],
+    fingerprint: dict[str, Any],
+    *,
+    resume: bool,
+    overwrite: bool,
+    metadata: dict[str, Any] | None,
+) -> RunPlan:
+    """Check (or start) the output folder, read what an earlier run finished, plan the rest."""
+    out.mkdir(parents=True, exist_ok=True)
+    _prepare_out_dir(out, fingerprint, resume=resume, overwrite=overwrite)
+    run_path = out / RUN_FILE
+    if not run_path.exists():
+        write_json_atomic(
+            run_path,
+            {
+                "started_at": datetime.now(timezone.utc).isoformat(),
+                "fingerprint": fingerprint,
+                "config": config.model_dump(mode="json"),
+                "methods": {m: METHODS[m].description for m in config.methods},
+                "metadata": metadata or {},
+            },
+        )
+
+    results_path = out / RESULTS_FILE
+    records, _ = read_results(results_path, repair=True)
+    planned = [(method, n) for method in config.methods for n in config.jobs_n(method)]
+    planned_keys = {(u.id, m, n) for u in units for m, n in planned}
+    done = {result_key(r): r for r in records if result_key(r) in planned_keys}
+    if config.mode == "per_task":
+        dropped = _drop_unfinished_groups(done, units, planned)
+        if dropped:
+            keep = [r for r in records if result_key(r) not in dropped]
+            rewrite_results(results_path, keep)
+            logger.info("per_task: re-running %d partly finished (method, N) sequence(s) from the start", len(dropped))
+
+    jobs = _plan_jobs(units, planned, config.mode, done)
+    if done:
+        logger.info("resuming: %d of %d (unit, method, N) job(s) already done", len(done), len(planned_keys))
+    return RunPlan(out=out, config=config, units=units, done=done, jobs=jobs, total_jobs=len(planned_keys))
 
 
 def run_evaluation(
@@ -335,114 +600,28 @@ def run_evaluation(
     reference protocol trains all its weights) or an existing `TestTimeAdapter` (`adapter=`, reused
     with its source and config restored afterwards). `source` serves the candidates (a
     `TrajectoryMemory` or `InMemoryCandidates`); `namespace` is the memory namespace to draw from.
-    `metadata` (JSON-serialisable) is copied into run.json and summary.json.
+    `metadata` (JSON-serialisable) is copied into run.json and summary.json. To shard the units over
+    Ray workers use `hullft_agent.evaluation.distributed.run_evaluation_ray` (same outputs).
     """
-    from hullft_agent.adapter import TestTimeAdapter
-
     config = config or EvalConfig()
-    units = list(units)
-    if not units:
-        raise NoUnitsError("no units to evaluate")
-    ids = [u.id for u in units]
-    if len(set(ids)) != len(ids):
-        raise ValueError("unit ids must be unique")
-    out = Path(out_dir).expanduser()
-    guard = GuardedSource(source, namespace=namespace, exclude_task=config.exclude_task)
-
-    if adapter is None:
-        if model is None:
-            raise ValueError("pass a model (or a LoadedModel), or an existing TestTimeAdapter as adapter=")
-        if tokenizer is None and hasattr(model, "tokenizer"):
-            model, tokenizer = model.model, model.tokenizer
-        if tokenizer is None:
-            raise ValueError("pass the model's tokenizer (or a LoadedModel)")
-        if _has_lora_layers(model):
-            raise ValueError(
-                "the model already carries LoRA layers (a TestTimeAdapter wrapped it): pass that adapter as "
-                "adapter=, or load a separate copy of the model"
-                + (" (the reference protocol trains every weight of a plain model)" if config.protocol == "reference" else "")
-            )
-        base_model = model
-    else:
-        if not isinstance(adapter, TestTimeAdapter):
-            raise TypeError(f"adapter must be a TestTimeAdapter, got {type(adapter).__name__}")
-        base_model = adapter.model
-    finetune = _finetune_config(config, _context_length(base_model))
-    if adapter is not None and adapter.session.method != finetune.method:
-        raise ValueError(
-            f"protocol {config.protocol!r} needs a {finetune.method!r} session but the adapter's is "
-            f"{adapter.session.method!r}; create a separate adapter (and model copy) for it"
-        )
-
-    fingerprint = _fingerprint(config, units, _model_description(base_model), finetune)
-    out.mkdir(parents=True, exist_ok=True)
-    _prepare_out_dir(out, fingerprint, resume=resume, overwrite=overwrite)
-
-    adapter_config = AdapterConfig(finetune=finetune, mode=config.mode)
-    adapter_config.selection.k = config.k
-    own_adapter = adapter is None
-    if own_adapter:
-        import torch
-
-        # LoRA's A matrices start random: seed them (without touching the caller's RNG) so a resumed run
-        # in a new process continues with the same adapter initialisation.
-        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(finetune.seed if finetune.seed is not None else 0)
-            adapter = TestTimeAdapter(base_model, tokenizer, embedder=embedder, source=guard, config=adapter_config)
-        previous = None
-    else:
-        previous = (adapter.source, adapter.config)
-        adapter.source, adapter.config = guard, adapter_config
-        adapter.reset()
-
-    run_path = out / RUN_FILE
-    if not run_path.exists():
-        write_json_atomic(
-            run_path,
-            {
-                "started_at": datetime.now(timezone.utc).isoformat(),
-                "fingerprint": fingerprint,
-                "config": config.model_dump(mode="json"),
-                "methods": {m: METHODS[m].description for m in config.methods},
-                "metadata": metadata or {},
-            },
-        )
-
-    results_path = out / RESULTS_FILE
-    records, _ = read_results(results_path, repair=True)
-    planned = [
-        (method, n) for method in config.methods for n in config.jobs_n(method)
-    ]
-    planned_keys = {(u.id, m, n) for u in units for m, n in planned}
-    done = {result_key(r): r for r in records if result_key(r) in planned_keys}
-    if config.mode == "per_task":
-        dropped = _drop_unfinished_groups(done, units, planned)
-        if dropped:
-            keep = [r for r in records if result_key(r) not in dropped]
-            rewrite_results(results_path, keep)
-            logger.info("per_task: re-running %d partly finished (method, N) sequence(s) from the start", len(dropped))
-
-    jobs = _plan_jobs(units, planned, config.mode, done)
-    total_jobs = len(planned_keys)
-    if done:
-        logger.info("resuming: %d of %d (unit, method, N) job(s) already done", len(done), total_jobs)
-
+    units = check_units(units)
+    runner = JobRunner(units, model, tokenizer, embedder=embedder, source=source, config=config, adapter=adapter,
+                       namespace=namespace)
+    plan = plan_run(Path(out_dir).expanduser(), config, units, runner.fingerprint(), resume=resume,
+                    overwrite=overwrite, metadata=metadata)
     try:
-        if jobs:
-            _run_jobs(adapter, guard, jobs, units, embedder, config, results_path, done, progress)
+        if plan.jobs:
+            runner.embed(plan.jobs)
+            with plan.recording(progress) as recorder:
+                for job in plan.jobs:
+                    recorder.started(job)
+                    recorder.add(job, runner.run(job))
     except KeyboardInterrupt:
-        logger.warning(
-            "interrupted after %d of %d job(s); finished results are in %s; rerun with resume to finish",
-            len(done), total_jobs, results_path,
-        )
-        _finish(out, config, done, total_jobs, title, plots=False, metadata=metadata)
+        plan.stopped("interrupted", title, metadata)
         raise
     finally:
-        if previous is not None:
-            adapter.source, adapter.config = previous
-        adapter.reset()
-    return _finish(out, config, done, total_jobs, title, plots=plots, metadata=metadata)
+        runner.close()
+    return plan.finish(title, plots=plots, metadata=metadata)
 
 
 def _drop_unfinished_groups(
@@ -473,48 +652,6 @@ def _plan_jobs(
     return [(i, m, n) for i, m, n in order if (units[i].id, m, n) not in done]
 
 
-def _run_jobs(
-    adapter: Any,
-    guard: GuardedSource,
-    jobs: list[tuple[int, str, int]],
-    units: list[EvalUnit],
-    embedder: Any,
-    config: EvalConfig,
-    results_path: Path,
-    done: dict[tuple[str, str, int], dict[str, Any]],
-    progress: bool,
-) -> None:
-    from tqdm.auto import tqdm
-
-    need = sorted({i for i, m, _ in jobs if METHODS[m].selection is not None})
-    vectors: dict[int, np.ndarray] = {}
-    embed_time = 0.0
-    if need:
-        t0 = time.perf_counter()
-        encoded = np.asarray(embedder.encode([units[i].query for i in need]), dtype=np.float32)
-        embed_time = (time.perf_counter() - t0) / len(need)
-        vectors = {i: encoded[j] for j, i in enumerate(need)}
-
-    bar = tqdm(
-        total=sum(_job_weight(n) for _, _, n in jobs), desc="eval", unit="step", disable=not progress,
-        dynamic_ncols=True,
-    )
-    current_sequence: tuple[str, int] | None = None
-    with ResultLog(results_path) as log, bar:
-        for i, method, n in jobs:
-            unit = units[i]
-            if config.mode == "per_task" and current_sequence != (method, n):
-                adapter.forget_tasks()
-                current_sequence = (method, n)
-            bar.set_postfix_str(f"{method} N={n} {unit.id}"[:60], refresh=False)
-            record = _run_job(adapter, guard, unit, vectors.get(i), embed_time, method, n, config)
-            log.append(record)
-            done[(unit.id, method, n)] = record
-            bar.update(_job_weight(n))
-    if config.mode == "per_task":
-        adapter.forget_tasks()
-
-
 def _run_job(
     adapter: Any,
     guard: GuardedSource,
@@ -538,7 +675,7 @@ def _run_job(
         adapter.config.selection.method = spec.selection
         adapter.config.selection.n = n
         adapter.config.finetune.refresh_interval = spec.refresh_interval
-        task_key = unit.task if config.mode == "per_query" else f"{method}|{n}|{unit.task or unit.group}"
+        task_key = unit.task if config.mode == "per_query" else f"{method}|{n}|{task_group(unit)}"
         guard.begin(unit)
         report = adapter.adapt(unit.query, task=task_key, episode_id=unit.episode, query_vector=vector)
         guard.check_selected(report.selected_ids)
