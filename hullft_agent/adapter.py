@@ -7,8 +7,11 @@ what was chosen and where the time went. The adapter depends only on interfaces:
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -42,6 +45,11 @@ class AdaptationReport(BaseModel):
     selected_ids: list[str] = Field(default_factory=list)
     weights: list[float] = Field(default_factory=list)
     counts: list[int] = Field(default_factory=list)
+    trained_counts: list[int] = Field(
+        default_factory=list,
+        description="instances of each selected row trained by this call (= counts, except per_task incremental)",
+    )
+    task_steps: int = Field(0, description="per_task: instances the task's adapter has been trained on so far")
     similarities: list[float] = Field(default_factory=list)
     residual_norm: float | None = None
     iterations: int | None = None
@@ -55,7 +63,8 @@ class AdaptationReport(BaseModel):
 
     @property
     def adapted(self) -> bool:
-        return not self.skipped and self.steps > 0
+        """The model answering differs from the base: trained now, or a per_task adapter trained before."""
+        return not self.skipped and (self.steps > 0 or self.task_steps > 0)
 
 
 def _task_file(directory: Path, task: str) -> Path:
@@ -63,11 +72,54 @@ def _task_file(directory: Path, task: str) -> Path:
     return directory / f"{safe}.safetensors"
 
 
+def _ledger_file(directory: Path, task: str) -> Path:
+    return _task_file(directory, task).with_suffix(".ledger.json")
+
+
+class _Ledger:
+    """What a per_task adapter has been trained on: memory id -> instances, and the total steps."""
+
+    def __init__(self, counts: dict[str, int] | None = None, steps: int = 0) -> None:
+        self.counts: dict[str, int] = dict(counts or {})
+        self.steps = steps
+
+    def copy(self) -> _Ledger:
+        return _Ledger(self.counts, self.steps)
+
+    def untrained(self, ids: list[str], counts: list[int]) -> list[int]:
+        """Instances of each selected row the adapter still lacks: max(0, count - already trained)."""
+        return [max(0, c - self.counts.get(i, 0)) for i, c in zip(ids, counts, strict=True)]
+
+    def record(self, ids: list[str], trained: list[int]) -> None:
+        for i, t in zip(ids, trained, strict=True):
+            if t:
+                self.counts[i] = self.counts.get(i, 0) + t
+        self.steps += sum(trained)
+
+    def save(self, path: Path) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump({"counts": self.counts, "steps": self.steps}, handle)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: Path) -> _Ledger:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return cls({str(k): int(v) for k, v in data.get("counts", {}).items()}, int(data.get("steps", 0)))
+
+
 class TestTimeAdapter:
     """Adapts a local causal LM to each context by finetuning on a selected slice of memory.
 
     Modes: `per_query` resets the adapter before every adaptation (the published protocol);
-    `per_task` keeps one adapter state per task key and swaps them when the task changes.
+    `per_task` keeps one adapter state per task key and swaps them when the task changes. With
+    `config.incremental`, a per_task adaptation trains only the instances of its selected multiset
+    that the task's adapter has not been trained on yet: consecutive steps of one task select
+    overlapping rows, so later steps train little or nothing (`report.trained_counts`).
     """
 
     __test__ = False  # not a pytest test class despite the name
@@ -93,6 +145,7 @@ class TestTimeAdapter:
         self.tokenizer = tokenizer
         self.session = create_session(model, tokenizer, self.config.finetune)
         self._task_states: dict[str, dict[str, torch.Tensor]] = {}
+        self._ledgers: dict[str, _Ledger] = {}
         self._active_task: str | None = None
 
     @property
@@ -110,6 +163,7 @@ class TestTimeAdapter:
         """Drop every per_task adapter kept in memory (files in `adapter_dir` stay) and return to base."""
         self._active_task = None
         self._task_states.clear()
+        self._ledgers.clear()
         self.session.reset()
 
     def _stash_active_task(self) -> None:
@@ -122,12 +176,16 @@ class TestTimeAdapter:
         if self._active_task == task:
             return
         self._stash_active_task()
+        directory = self.config.adapter_dir
         if task in self._task_states:
             self.session.load_state_dict(self._task_states[task])
-        elif self.config.adapter_dir is not None and _task_file(self.config.adapter_dir, task).exists():
-            self.session.load(_task_file(self.config.adapter_dir, task))
+        elif directory is not None and _task_file(directory, task).exists():
+            self.session.load(_task_file(directory, task))
+            ledger = _ledger_file(directory, task)
+            self._ledgers[task] = _Ledger.load(ledger) if ledger.exists() else _Ledger()
         else:
             self.session.reset()
+            self._ledgers.pop(task, None)
         self._active_task = task
 
     def _save_task(self, task: str) -> None:
@@ -135,6 +193,10 @@ class TestTimeAdapter:
             return
         self.config.adapter_dir.mkdir(parents=True, exist_ok=True)
         self.session.snapshot(_task_file(self.config.adapter_dir, task))
+        self._ledger(task).save(_ledger_file(self.config.adapter_dir, task))
+
+    def _ledger(self, task: str) -> _Ledger:
+        return self._ledgers.setdefault(task, _Ledger())
 
     def save_tasks(self) -> None:
         """Write the active task's adapter to `adapter_dir` (others are written when swapped out)."""
@@ -165,12 +227,19 @@ class TestTimeAdapter:
         if mode == "per_query":
             self.reset()  # a per_task adapter active before a switch to per_query is kept, not lost
             restore = self.session.reset
+            ledger = None
         else:
-            self._activate_task(task or DEFAULT_TASK)
-            before = self.session.state_dict()
-            restore = lambda: self.session.load_state_dict(before)  # noqa: E731
+            key = task or DEFAULT_TASK
+            self._activate_task(key)
+            before, ledger_before = self.session.state_dict(), self._ledger(key).copy()
+
+            def restore() -> None:
+                self.session.load_state_dict(before)
+                self._ledgers[key] = ledger_before
+
+            ledger = self._ledger(key)
         try:
-            self._run(context, task, episode_id, query_vector, report, on_step)
+            self._run(context, task, episode_id, query_vector, report, on_step, ledger)
         except BaseException:
             restore()  # nothing half-adapted survives an error
             raise
@@ -178,8 +247,8 @@ class TestTimeAdapter:
             restore()  # training stopped early (non-finite loss): keep what the task had before
         report.timings["total"] = time.perf_counter() - start
         logger.info(
-            "adapt: method=%s pool=%d support=%d passes=%d skipped=%s total=%.3fs",
-            report.method, report.pool_size, len(report.selected_ids), report.passes,
+            "adapt: method=%s pool=%d support=%d steps=%d passes=%d skipped=%s total=%.3fs",
+            report.method, report.pool_size, len(report.selected_ids), report.steps, report.passes,
             report.skip_reason, report.timings["total"],
         )
         return report
@@ -192,9 +261,12 @@ class TestTimeAdapter:
         query_vector: np.ndarray | None,
         report: AdaptationReport,
         on_step: Callable[[int], None] | None,
+        ledger: _Ledger | None,
     ) -> None:
         sel = self.config.selection
         timings = report.timings
+        if ledger is not None:
+            report.task_steps = ledger.steps
         if sel.method == "none":
             report.skipped, report.skip_reason = True, "selection method is 'none'"
             return
@@ -228,13 +300,18 @@ class TestTimeAdapter:
         iterations = selection.diagnostics.get("iterations")
         report.iterations = None if iterations is None else int(iterations)
 
+        incremental = ledger is not None and self.config.incremental
+        train = ledger.untrained(report.selected_ids, report.counts) if incremental else list(report.counts)
         t0 = time.perf_counter()
-        result = train_multiset(
-            self.session, [pool.texts[i] for i in idx], report.counts, self.config.finetune, on_step
-        )
+        result = train_multiset(self.session, [pool.texts[i] for i in idx], train, self.config.finetune, on_step)
         timings["finetune"] = time.perf_counter() - t0
         report.steps, report.passes, report.losses = result.steps, result.passes, list(result.losses)
-        if not result.ok:
+        if result.ok:
+            report.trained_counts = train
+            if ledger is not None:
+                ledger.record(report.selected_ids, train)
+                report.task_steps = ledger.steps
+        else:
             report.stopped_reason = result.stopped_reason or "finetuning failed"
             report.skipped = True
             report.skip_reason = f"finetuning stopped and the adapter was restored: {result.stopped_reason}"

@@ -101,6 +101,11 @@ class AdapterConfig(_Strict):
     mode: AdaptMode = Field("per_query", description="per_query resets before each adaptation")
     adapter_dir: Path | None = Field(None, description="per_task adapters are also saved here when set")
     same_task_only: bool = Field(False, description="draw candidates only from rows of the same task")
+    incremental: bool = Field(
+        False,
+        description="per_task only: train just the part of each selected multiset the task's adapter has not "
+        "been trained on yet (a per-task ledger memory id -> instances trained); per_query ignores it",
+    )
 
     @field_validator("adapter_dir")
     @classmethod

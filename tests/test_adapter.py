@@ -292,3 +292,63 @@ def test_in_memory_candidates_can_exclude_a_task():
     source = InMemoryCandidates(TEXTS, embedder=emb, tasks=["a", "b", "a", "b", "a", None])
     pool = source.candidates(emb.encode("potato"), 10, exclude_task="a")
     assert [m["task"] for m in pool.metadata].count("a") == 0 and len(pool) == 3
+
+
+def incremental_config(**selection) -> AdapterConfig:
+    config = make_config(**selection)
+    config.mode = "per_task"
+    config.incremental = True
+    return config
+
+
+def test_per_task_incremental_trains_only_what_the_task_adapter_lacks(tiny_model, tiny_tokenizer):
+    adapter = make_adapter(tiny_model, tiny_tokenizer, config=incremental_config())
+    first = adapter.adapt("cook the potato on the stove", task="game-a")
+    assert first.trained_counts == first.counts and first.steps == 4 and first.task_steps == 4
+    trained = logits(adapter)
+    again = adapter.adapt("cook the potato on the stove", task="game-a")
+    assert again.selected_ids == first.selected_ids and again.counts == first.counts
+    assert again.trained_counts == [0] * len(again.counts) and again.steps == 0 and again.passes == 0
+    assert again.adapted and again.task_steps == 4  # the task's adapter answers, nothing new to train
+    assert torch.equal(trained, logits(adapter))
+    ledger = dict.fromkeys(first.selected_ids, 0)
+    for row_id, count in zip(first.selected_ids, first.counts, strict=True):
+        ledger[row_id] += count
+    other = adapter.adapt("go south to the garden and pick the apple", task="game-a")
+    expected = [max(0, c - ledger.get(i, 0)) for i, c in zip(other.selected_ids, other.counts, strict=True)]
+    assert other.trained_counts == expected and other.steps == sum(expected)
+    assert other.task_steps == 4 + sum(expected)
+
+
+def test_incremental_ledgers_are_per_task_and_per_query_ignores_them(tiny_model, tiny_tokenizer):
+    adapter = make_adapter(tiny_model, tiny_tokenizer, config=incremental_config())
+    adapter.adapt("cook the potato", task="game-a")
+    report_b = adapter.adapt("cook the potato", task="game-b")
+    assert report_b.steps == 4 and report_b.trained_counts == report_b.counts  # game-b has its own ledger
+    adapter.config.mode = "per_query"
+    for _ in range(2):
+        report = adapter.adapt("cook the potato", task="game-a")
+        assert report.steps == 4 and report.trained_counts == report.counts and report.task_steps == 0
+
+
+def test_incremental_ledger_is_saved_with_the_task_adapter(tiny_model, tiny_tokenizer, tmp_path):
+    config = incremental_config()
+    config.adapter_dir = tmp_path
+    adapter = make_adapter(tiny_model, tiny_tokenizer, config=config)
+    adapter.adapt("cook the potato", task="game-a")
+    adapter.save_tasks()
+    assert (tmp_path / "game-a.ledger.json").exists()
+    adapter.forget_tasks()  # drops what is in memory; the files stay
+    report = adapter.adapt("cook the potato", task="game-a")
+    assert report.steps == 0 and report.task_steps == 4
+
+
+def test_incremental_ledger_is_restored_when_training_fails(tiny_model, tiny_tokenizer):
+    adapter = make_adapter(tiny_model, tiny_tokenizer, config=incremental_config())
+    adapter.adapt("cook the potato", task="game-a")
+    handle = adapter.model.get_base_model().model.norm.register_forward_hook(lambda m, i, o: o * float("nan"))
+    report = adapter.adapt("go south to the garden and pick the apple", task="game-a")
+    handle.remove()
+    assert report.skipped and "non-finite" in report.skip_reason
+    retry = adapter.adapt("go south to the garden and pick the apple", task="game-a")
+    assert retry.steps > 0 and retry.task_steps == 4 + retry.steps  # nothing of the failed call was recorded
