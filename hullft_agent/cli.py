@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from hullft_agent.config import (
     PACKAGED_EMBEDDER,
@@ -178,7 +179,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     )
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def cmd_adapt_demo(args: argparse.Namespace) -> int:
     """Adapt SmolLM2 to a held-out Python reference topic using the other topics as memory."""
     from hullft_agent.corpora import pydoc_topic_chunks
 
@@ -188,7 +189,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         topics = sorted({c.source for c in chunks})
         raise CLIError(f"unknown topic {args.topic!r}; choose one of: {', '.join(topics)}")
     pool = [c for c in chunks if c.source != args.topic]
-    print(f"demo: memory = {len(pool)} chunks of the Python language reference (pydoc_data), "
+    print(f"adapt-demo: memory = {len(pool)} chunks of the Python language reference (pydoc_data), "
           f"query = held-out topic {args.topic!r}")
     return run_adaptation(
         held_out[0].text,
@@ -198,6 +199,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ModelConfig(name_or_path=args.model),
         args.embedder,
     )
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The TextWorld agent on held-out games, with and without adaptation: tables and a report folder."""
+    import time
+
+    try:
+        from langchain_hullft.textworld_compare import CompareConfig, run_comparison, summary_text
+    except ImportError as exc:
+        raise CLIError(f"the demo needs the LangChain integration and TextWorld: {exc}") from exc
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    fields = ("modes", "train_games", "test_games", "n", "k", "lr", "max_steps", "max_length", "history",
+              "strategy", "scoring", "temperature", "seed", "recipe", "take", "rooms")
+    config = CompareConfig(**{name: getattr(args, name) for name in fields if getattr(args, name) is not None})
+    started = time.perf_counter()
+    print(f"demo: a TextWorld agent (SmolLM2-135M + LangChain) plays {config.test_games} held-out cooking games per "
+          f"mode ({', '.join(config.modes)}); memory = expert and exploring episodes of {config.train_games} "
+          f"training games, then the agent's own episodes", flush=True)
+    embedder = _load_embedder(args)
+    from hullft_agent.models import load_model
+
+    model = load_model(ModelConfig(name_or_path=args.model))
+    result = run_comparison(config, args.out, model=model, embedder=embedder, game_cache=args.game_cache,
+                            progress=not args.no_progress)
+    print()
+    print(summary_text(result))
+    print()
+    print(f"report: {result.out_dir / 'report.md'}")
+    print(f"time: {time.perf_counter() - started:.0f} s")
+    return 130 if result.interrupted else 0
 
 
 def _version(name: str) -> str:
@@ -253,6 +287,42 @@ def _add_selection_args(parser: argparse.ArgumentParser, *, training: bool) -> N
         parser.add_argument("--max-length", type=int, default=ft.max_length, dest="max_length")
 
 
+def _add_demo_parser(sub: Any) -> None:
+    modes = ["none", "per_query", "per_task", "knn"]
+    p = sub.add_parser(
+        "demo",
+        help="a TextWorld agent plays held-out games with and without test-time adaptation; prints the tables",
+        description="Generates small tw-cooking games, builds a memory from the training games' expert and exploring "
+        "episodes, lets the LangChain agent play the held-out games once per mode, prints the per-game, total and "
+        "BPB tables and writes a report folder (report.md, results.json, plots). The defaults take a few minutes "
+        "on a 2-core CPU; the flags give the full version (e.g. --modes none per_query per_task knn --test-games 10).",
+    )
+    p.add_argument("--out", default="demo_output", help="report folder (default %(default)s)")
+    p.add_argument("--modes", nargs="+", choices=modes, default=["none", "per_task"])
+    p.add_argument("--train-games", type=int, default=6, dest="train_games")
+    p.add_argument("--test-games", type=int, default=3, dest="test_games")
+    p.add_argument("--n", type=int, default=6, help="N, multiset size (default %(default)s)")
+    p.add_argument("--k", type=int, default=100, help="K, candidate pool (default %(default)s)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--max-steps", type=int, default=30, dest="max_steps", help="commands per game at most")
+    p.add_argument("--max-length", type=int, default=128, dest="max_length", help="training tokens per sequence")
+    p.add_argument("--history", type=int, default=3, help="earlier steps shown in the prompt")
+    p.add_argument("--strategy", choices=["loglik", "generate"], default="loglik")
+    p.add_argument("--scoring", choices=["sum", "mean"], default=None, help="default: the library's measured choice")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="command choice: 0 plays the best-scored command, T > 0 draws one (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--recipe", type=int, default=1)
+    p.add_argument("--take", type=int, default=1)
+    p.add_argument("--rooms", type=int, choices=[1, 6, 9, 12], default=1)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--model", default=PACKAGED_LLM, help="model name or HF folder")
+    p.add_argument("--embedder", default=PACKAGED_EMBEDDER, help="embedder name or folder")
+    p.add_argument("--game-cache", default=None, dest="game_cache", help="game cache (default <hullft cache>/textworld)")
+    p.add_argument("--no-progress", action="store_true", dest="no_progress")
+    p.set_defaults(func=cmd_demo)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hullft-agent", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress of every stage")
@@ -270,11 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_selection_args(p, training=True)
     p.set_defaults(func=cmd_adapt)
 
-    p = sub.add_parser("demo", help="adapt the packaged SmolLM2 to a held-out Python reference topic")
+    _add_demo_parser(sub)
+
+    p = sub.add_parser("adapt-demo", help="adapt the packaged SmolLM2 to a held-out Python reference topic")
     p.add_argument("--topic", default="raise", help="held-out pydoc topic used as the query")
     p.add_argument("--chunk-chars", type=int, default=1000, dest="chunk_chars")
     _add_selection_args(p, training=True)
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=cmd_adapt_demo)
 
     p = sub.add_parser("info", help="versions, device, model and cache paths")
     p.set_defaults(func=cmd_info)

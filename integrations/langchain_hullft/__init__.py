@@ -6,6 +6,7 @@
   before each model call and logs model outputs, tool calls and tool results to memory.
 """
 
+from langchain_hullft._choice import DEFAULT_SCORING, ChoiceResult, match_answer
 from langchain_hullft._messages import UnsupportedMessageError
 from langchain_hullft._runtime import DEFAULT_MEMORY_KINDS, get_adaptation_report
 from langchain_hullft.chat_models import ADAPTATION_FIELDS, CallOptions, ChatHullFT, ContextOverflowError
@@ -13,12 +14,15 @@ from langchain_hullft.chat_models import ADAPTATION_FIELDS, CallOptions, ChatHul
 __all__ = [
     "ADAPTATION_FIELDS",
     "DEFAULT_MEMORY_KINDS",
+    "DEFAULT_SCORING",
     "CallOptions",
     "ChatHullFT",
+    "ChoiceResult",
     "ContextOverflowError",
     "HullFTMiddleware",
     "UnsupportedMessageError",
     "get_adaptation_report",
+    "match_answer",
 ]
 
 

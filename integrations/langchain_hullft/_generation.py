@@ -7,6 +7,7 @@ never touches (or depends on) the global torch RNG.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -107,6 +108,16 @@ def model_device(model: Any) -> torch.device:
         return torch.device("cpu")
 
 
+def cache_argument(model: Any) -> str:
+    """The name of the KV cache (forward keyword and output field): `cache` in newer transformers, else `past_key_values`."""
+    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    try:
+        params = inspect.signature(type(base).forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
     ids: set[int] = set()
     for source in (getattr(model, "generation_config", None), tokenizer):
@@ -140,6 +151,7 @@ def sample_tokens(
     generator.manual_seed(int(params.seed))
     processors = _processors(params)
     eos = eos_token_ids(model, tokenizer)
+    cache_kw = cache_argument(model)
     filt = StopStringFilter(params.stop)
     budget = params.max_new_tokens
     if max_total is not None:
@@ -162,8 +174,8 @@ def sample_tokens(
                 if params.time_limit is not None and time.perf_counter() - start > params.time_limit:
                     stats.finish_reason = "time_limit"
                     break
-                out = model(input_ids=step_ids, past_key_values=past, use_cache=True)
-                past = out.past_key_values
+                out = model(input_ids=step_ids, use_cache=True, **{cache_kw: past})
+                past = getattr(out, cache_kw)
                 logits = out.logits[:, -1, :].float()
                 scores = processors(all_ids, logits) if len(processors) else logits
                 if params.temperature > 0:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import math
 import queue
 import secrets
 import threading
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.base import LangSmithParams
@@ -33,6 +35,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hullft_agent.adapter import AdaptationReport
 from hullft_agent.config import PACKAGED_LLM, AdaptMode, SelectionMethod
+from langchain_hullft._choice import (
+    DEFAULT_SCORING,
+    ChoiceResult,
+    Scoring,
+    Strategy,
+    check_choices,
+    match_answer,
+    rank_scores,
+)
 from langchain_hullft._generation import GenerationStats, SamplingParams, sample_tokens
 from langchain_hullft._messages import (
     SYSTEM,
@@ -49,6 +60,7 @@ from langchain_hullft._runtime import (
     memory_steps,
     skipped_report,
 )
+from langchain_hullft._scoring import score_continuations
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +97,7 @@ class CallOptions(BaseModel):
     refresh_interval: int | None = Field(None, ge=1)
     lr: float | None = Field(None, gt=0)
     mode: AdaptMode | None = None
+    log_metadata: dict[str, Any] | None = None
 
 
 @dataclass
@@ -111,6 +124,7 @@ class _Outcome:
     timings: dict[str, float] = field(default_factory=dict)
     logged_ids: list[str] = field(default_factory=list)
     log_error: str | None = None
+    log_extra: dict[str, Any] = field(default_factory=dict)
 
 
 class _NamespacedSource:
@@ -138,7 +152,10 @@ class ChatHullFT(BaseChatModel):
     - `memory`: an optional `TrajectoryMemory`; each exchange (the new input messages and the answer)
       is logged to it.
     - Per-call keyword arguments (see `CallOptions`): task, episode_id, namespace, adapt, log, seed,
-      max_tokens, temperature, top_p, repetition_penalty and the adaptation settings.
+      max_tokens, temperature, top_p, repetition_penalty, the adaptation settings, and log_metadata
+      (merged into the metadata of the steps this call logs).
+    - `choose(messages, choices)` answers with one of the given choices, ranked by log-likelihood
+      (or generated and matched), through the same adapt → score → restore → log path.
     - The runnable config supplies namespace / task / episode_id through `configurable` or `metadata`
       keys `hullft_namespace`|`namespace`, `hullft_task`|`task`, `hullft_episode_id`|`episode_id`|
       `thread_id`. Defaults: the memory's namespace, no task, and a fresh episode id per call.
@@ -477,31 +494,139 @@ class ChatHullFT(BaseChatModel):
     def _execute(self, plan: _Plan, emit: Callable[[str], None] | None = None,
                  should_stop: Callable[[], bool] | None = None) -> _Outcome:
         """Adapt, generate and restore under the model lock; then log to memory."""
-        timings: dict[str, float] = {}
+
+        def generate(model: Any, ids: list[int], outcome: _Outcome) -> None:
+            for piece in sample_tokens(model, self._tok(), ids, plan.sampling, max_total=self.context_limit(),
+                                       stats=outcome.stats, should_stop=should_stop):
+                if emit is not None:
+                    emit(piece)
+            outcome.text = outcome.stats.text
+            outcome.timings["generate"] = outcome.stats.seconds
+
+        return self._run_call(plan, plan.sampling.max_new_tokens, generate)
+
+    def _run_call(self, plan: _Plan, reserve: int, act: Callable[[Any, list[int], _Outcome], None]) -> _Outcome:
+        """The path of every call: fit the prompt → adapt → `act` (generate or score) → restore → log.
+
+        Everything up to the restore runs under the model lock; `reserve` is the number of tokens
+        kept free for the answer when the prompt is fitted to the context.
+        """
         with self.lock:
             t0 = time.perf_counter()
-            ids, dropped = self.fit_prompt(plan.conversation, plan.sampling.max_new_tokens)
-            timings["prompt"] = time.perf_counter() - t0
+            ids, dropped = self.fit_prompt(plan.conversation, reserve)
+            timings = {"prompt": time.perf_counter() - t0}
             with self._adapter_settings(plan) as mode:
                 report, use_base = self._adapt(plan, mode)
                 timings["adapt"] = report.timings.get("total", 0.0)
-                stats = GenerationStats()
+                outcome = _Outcome(text="", report=report, stats=GenerationStats(), prompt_tokens=len(ids),
+                                   dropped=dropped, timings=timings)
                 try:
                     with self._generation_model(use_base) as model:
-                        for piece in sample_tokens(
-                            model, self._tok(), ids, plan.sampling,
-                            max_total=self.context_limit(), stats=stats, should_stop=should_stop,
-                        ):
-                            if emit is not None:
-                                emit(piece)
+                        act(model, ids, outcome)
                 finally:
                     if self.adapter is not None and mode == "per_query":
                         self.adapter.reset()  # the next call (any thread) starts from the base model
-            timings["generate"] = stats.seconds
-        outcome = _Outcome(text=stats.text, report=report, stats=stats, prompt_tokens=len(ids), dropped=dropped,
-                           timings=timings)
         self._log(plan, outcome)
         return outcome
+
+    # ------------------------------------------------------------------ choosing among given answers
+    def choose(
+        self,
+        input: LanguageModelInput,
+        choices: Sequence[str],
+        config: RunnableConfig | None = None,
+        *,
+        strategy: Strategy = "loglik",
+        scoring: Scoring = DEFAULT_SCORING,
+        choice_temperature: float = 0.0,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> ChoiceResult:
+        """Answer with one of `choices` (e.g. a game's admissible commands), adapted like a normal call.
+
+        The same path as `invoke`: the same keys (task / episode_id / namespace from kwargs or the
+        config), the same lock, adapt → score → restore (per_query) → log, the same report in
+        `result.message.response_metadata`. Each choice's tokens, then the end-of-turn token, are
+        scored given the rendered prompt, all choices in about one forward pass (`_scoring`), and
+        ranked by `scoring` ('sum' of log-probabilities, or their per-token 'mean'). The best-ranked
+        choice is taken, or with `choice_temperature` T > 0 one is drawn with probability
+        ∝ exp(score / T), seeded by the call's `seed` (T = 1 with 'sum' samples from the model's own
+        distribution over the choices).
+
+        `strategy='generate'` lets the model write its answer (the call's sampling settings; stop at
+        a newline unless `stop` is given) and matches it to the closest choice; an answer that
+        names none is reported (`result.no_match`, a warning) and the best-scored choice is used.
+        What is logged to memory is the chosen text, as the AI's answer. Keyword arguments are the
+        per-call options of `invoke` (`CallOptions`).
+        """
+        options = check_choices(choices)
+        if strategy not in ("loglik", "generate"):
+            raise ValueError(f"strategy must be 'loglik' or 'generate', got {strategy!r}")
+        rank_scores([[0.0]], scoring)  # validates the rule before the model runs
+        if not (isinstance(choice_temperature, (int, float)) and math.isfinite(choice_temperature)
+                and choice_temperature >= 0):
+            raise ValueError(f"choice_temperature must be a finite number >= 0, got {choice_temperature!r}")
+        messages = self._convert_input(input).to_messages()
+        stops = stop if stop is not None else (["\n"] if strategy == "generate" else None)
+        plan = self._plan(messages, stops, _with_config_keys(config, kwargs), None)
+        tok = self._tok()
+        end = [int(tok.eos_token_id)] if getattr(tok, "eos_token_id", None) is not None else []
+        encoded = []
+        for i, choice in enumerate(options):
+            ids = list(tok(choice, add_special_tokens=False)["input_ids"])
+            if not ids:
+                raise ValueError(f"choices[{i}] {choice!r} encodes to no tokens")
+            encoded.append(ids + end)
+        reserve = max(len(c) for c in encoded)
+        if strategy == "generate":
+            reserve = max(reserve, plan.sampling.max_new_tokens)
+        picked: dict[str, Any] = {}
+
+        def score(model: Any, ids: list[int], outcome: _Outcome) -> None:
+            t0 = time.perf_counter()
+            token_logprobs = score_continuations(model, ids, encoded)
+            outcome.timings["score"] = time.perf_counter() - t0
+            ranked = rank_scores(token_logprobs, scoring)
+            best = max(range(len(options)), key=ranked.__getitem__)
+            index, generated, no_match = best, None, None
+            if strategy == "loglik" and choice_temperature > 0:
+                weights = torch.softmax(torch.tensor(ranked, dtype=torch.float64) / choice_temperature, dim=0)
+                draw = torch.Generator().manual_seed(plan.sampling.seed)
+                index = int(torch.multinomial(weights, 1, generator=draw).item())
+            if strategy == "generate":
+                for _ in sample_tokens(model, tok, ids, plan.sampling, max_total=self.context_limit(),
+                                       stats=outcome.stats):
+                    pass
+                outcome.timings["generate"] = outcome.stats.seconds
+                generated = outcome.stats.text
+                matched = match_answer(generated, options)
+                if matched is None:
+                    no_match = (f"the answer {generated.strip()!r:.80} names none of the {len(options)} choices; "
+                                f"took the best-scored one, {options[best]!r}")
+                    logger.warning("choose: %s", no_match)
+                else:
+                    index = matched
+            outcome.text = options[index]
+            outcome.stats.output_tokens = len(encoded[index])
+            outcome.stats.finish_reason = "stop"
+            picked.update(index=index, scores=ranked, token_logprobs=token_logprobs, generated=generated,
+                          no_match=no_match)
+            outcome.log_extra = {"chosen_by": strategy if no_match is None else "fallback",
+                                 "choice_index": index, "n_choices": len(options)}
+
+        outcome = self._run_call(plan, reserve, score)
+        result = ChoiceResult(
+            text=outcome.text, index=picked["index"], choices=options, scores=picked["scores"],
+            token_logprobs=picked["token_logprobs"], end_token=bool(end), scoring=scoring, strategy=strategy,
+            temperature=float(choice_temperature),
+            generated=picked["generated"], matched=None if strategy == "loglik" else picked["no_match"] is None,
+            no_match=picked["no_match"], report=outcome.report,
+        )
+        metadata = self._metadata(plan, outcome)
+        metadata["choice"] = result.summary()
+        result.message = AIMessage(content=outcome.text, usage_metadata=self._usage(outcome),
+                                   response_metadata=metadata)
+        return result
 
     @contextlib.contextmanager
     def _adapter_settings(self, plan: _Plan) -> Iterator[str]:
@@ -572,8 +697,8 @@ class ChatHullFT(BaseChatModel):
         if self.memory is None or not self.log_exchanges or not plan.options.log:
             return
         output = AIMessage(content=outcome.text)
-        extra = {"model": self.model_name, "adapted": outcome.report.adapted,
-                 "selected_ids": list(outcome.report.selected_ids)}
+        extra = {**(plan.options.log_metadata or {}), "model": self.model_name, "adapted": outcome.report.adapted,
+                 "selected_ids": list(outcome.report.selected_ids), **outcome.log_extra}
         steps = memory_steps(plan.inputs, output, self.memory_kinds, output_metadata=extra)
         if not steps:
             return

@@ -1,0 +1,534 @@
+"""Adaptation modes side by side: the TextWorld agent on the same held-out games, with a report.
+
+`run_comparison` generates a small set of tw-cooking games, builds a trajectory memory from the
+expert and exploring episodes of the training games, and lets a `TextWorldAgent` play the held-out
+(test-split) games once per mode:
+
+- `none`: the base model, no adaptation;
+- `per_query`: HullFT selection and a fresh LoRA adaptation before every command;
+- `per_task`: HullFT, one adapter per game kept across its commands, trained incrementally (each
+  command trains only the selected rows the game's adapter has not been trained on yet);
+- `knn`: nearest-neighbour selection, per_query.
+
+Every mode starts from its own copy of the training memory and logs its own episodes into it, so
+later games can learn from earlier ones (continual learning) without one mode seeing another's
+episodes. Results are written as they come (`results.json`), then `report.md` with the per-game,
+total, BPB and latency tables and PNG plots (matplotlib, the `bench` extra).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from langchain_hullft._choice import DEFAULT_SCORING, Scoring, Strategy
+from langchain_hullft.textworld_agent import (
+    AgentConfig,
+    AgentInterrupted,
+    EpisodeResult,
+    StepRecord,
+    TextWorldAgent,
+    action_bpb,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Per-call options of each mode (ChatHullFT.choose keyword arguments).
+MODES: dict[str, dict[str, Any]] = {
+    "none": {"adapt": False},
+    "per_query": {"method": "hullft", "mode": "per_query"},
+    "per_task": {"method": "hullft", "mode": "per_task"},
+    "knn": {"method": "knn", "mode": "per_query"},
+}
+MEMORY_NAMESPACE = "textworld"
+_BOOTSTRAP = 2000
+
+
+class CompareConfig(BaseModel):
+    """Sizes and settings of a comparison; the defaults are the `make demo` run."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    modes: list[str] = Field(default_factory=lambda: ["none", "per_task"], min_length=1)
+    train_games: int = Field(6, ge=1, description="training games whose episodes fill the memory")
+    test_games: int = Field(3, ge=1, description="held-out (test split) games the agent plays per mode")
+    expert_episodes: int = Field(1, ge=0, description="expert episodes per training game")
+    explore_episodes: int = Field(2, ge=0, description="exploring episodes per training game")
+    random_share: float = Field(0.3, ge=0, le=1)
+    recipe: int = Field(1, ge=1, le=5)
+    take: int = Field(1, ge=0, le=5)
+    rooms: int = Field(1, description="1, 6, 9 or 12")
+    open: bool = True
+    cook: bool = True
+    cut: bool = True
+    window: int = Field(4, ge=1, description="memory rows are windows of this many steps")
+    n: int = Field(6, ge=1, description="N: instances in each selected multiset")
+    k: int = Field(100, ge=1, description="K: candidate pool per adaptation")
+    lr: float = Field(1e-3, gt=0)
+    max_length: int = Field(128, ge=8, description="training sequences are cut to this many tokens")
+    max_steps: int = Field(30, ge=1)
+    step_factor: float | None = Field(2.0, gt=0)
+    history: int = Field(3, ge=0)
+    strategy: Strategy = "loglik"
+    scoring: Scoring = DEFAULT_SCORING
+    temperature: float = Field(1.0, ge=0, description="command choice: 0 greedy, T > 0 drawn ∝ exp(score / T)")
+    seed: int = Field(0, ge=0)
+
+    @field_validator("modes")
+    @classmethod
+    def _modes(cls, value: list[str]) -> list[str]:
+        unknown = [m for m in value if m not in MODES]
+        if unknown:
+            raise ValueError(f"unknown mode(s) {unknown}; choose from {list(MODES)}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"modes repeat: {value}")
+        return value
+
+    @field_validator("rooms")
+    @classmethod
+    def _rooms(cls, value: int) -> int:
+        if value not in (1, 6, 9, 12):
+            raise ValueError(f"rooms must be 1, 6, 9 or 12, got {value}")
+        return value
+
+    def cooking(self) -> Any:
+        from hullft_agent.envs.textworld import CookingSettings
+
+        return CookingSettings(recipe=self.recipe, take=self.take, rooms=self.rooms, open=self.open,
+                               cook=self.cook, cut=self.cut, max_steps=self.max_steps)
+
+    def agent(self) -> AgentConfig:
+        return AgentConfig(history=self.history, max_steps=self.max_steps, step_factor=self.step_factor,
+                           strategy=self.strategy, scoring=self.scoring, temperature=self.temperature,
+                           seed=self.seed)
+
+
+@dataclass
+class Comparison:
+    """Everything a comparison produced; `episodes[mode]` are in game order."""
+
+    config: CompareConfig
+    out_dir: Path
+    episodes: dict[str, list[EpisodeResult]] = field(default_factory=dict)
+    memory_rows: int = 0
+    setup_s: float = 0.0
+    seconds: float = 0.0
+    interrupted: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.model_dump(mode="json"),
+            "memory_rows": self.memory_rows,
+            "setup_s": self.setup_s,
+            "seconds": self.seconds,
+            "interrupted": self.interrupted,
+            "notes": self.notes,
+            "totals": {mode: mode_totals(eps) for mode, eps in self.episodes.items()},
+            "differences": self.differences(),
+            "episodes": {mode: [e.to_dict() for e in eps] for mode, eps in self.episodes.items()},
+        }
+
+    def differences(self) -> dict[str, Any]:
+        """Score difference of each adapted mode against `none`, game by game (paired)."""
+        base = {e.game: e for e in self.episodes.get("none", []) if e.outcome != "error"}
+        out: dict[str, Any] = {}
+        for mode, eps in self.episodes.items():
+            if mode == "none" or not base:
+                continue
+            pairs = [(e.score - base[e.game].score) for e in eps if e.game in base and e.outcome != "error"]
+            if pairs:
+                out[mode] = paired_summary(pairs, seed=self.config.seed)
+        return out
+
+
+def load_comparison(out_dir: str | Path) -> Comparison:
+    """The comparison saved in `out_dir/results.json` (e.g. to write its report again)."""
+    out = Path(out_dir).expanduser()
+    data = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    result = Comparison(config=CompareConfig(**data["config"]), out_dir=out, memory_rows=data["memory_rows"],
+                        setup_s=data["setup_s"], seconds=data["seconds"], interrupted=data["interrupted"],
+                        notes=list(data["notes"]))
+    for mode, episodes in data["episodes"].items():
+        result.episodes[mode] = [
+            EpisodeResult(**{**e, "steps": [StepRecord(**s) for s in e["steps"]]}) for e in episodes
+        ]
+    return result
+
+
+def paired_summary(diffs: Sequence[float], *, seed: int = 0) -> dict[str, Any]:
+    """Mean, standard deviation and a seeded 95% bootstrap interval of per-game differences."""
+    values = np.asarray(diffs, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(_BOOTSTRAP, len(values)))].mean(axis=1)
+    return {
+        "games": int(len(values)),
+        "mean": float(values.mean()),
+        "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+        "ci95": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))],
+        "better": int((values > 0).sum()),
+        "worse": int((values < 0).sum()),
+    }
+
+
+def mode_totals(episodes: Sequence[EpisodeResult]) -> dict[str, Any]:
+    """Totals of one mode over its games (games that could not start are counted apart)."""
+    played = [e for e in episodes if e.outcome != "error"]
+    steps: list[StepRecord] = [s for e in played for s in e.steps]
+    scores = [e.score for e in played]
+    expert = [s for s in steps if s.expert_bpb is not None]
+    expert_bytes = sum(len((s.expert_action or "").encode("utf-8")) for s in expert)
+    return {
+        "games": len(played),
+        "errors": len(episodes) - len(played),
+        "score": int(sum(scores)),
+        "max_score": int(sum(e.max_score for e in played)),
+        "mean_score": float(np.mean(scores)) if scores else None,
+        "sd_score": float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0,
+        "wins": sum(e.won for e in played),
+        "steps": len(steps),
+        "mean_steps": len(steps) / len(played) if played else None,
+        "adapt_s": float(np.mean([s.adapt_s for s in steps])) if steps else None,
+        "act_s": float(np.mean([s.act_s for s in steps])) if steps else None,
+        "trained_per_step": float(np.mean([s.trained for s in steps])) if steps else None,
+        "selected_per_step": float(np.mean([s.selected for s in steps])) if steps else None,
+        "action_bpb": action_bpb(steps),
+        "expert_bpb": (sum(s.expert_bpb * len((s.expert_action or "").encode("utf-8")) for s in expert) / expert_bytes
+                       if expert_bytes else None),
+        "expert_agreement": float(np.mean([bool(s.chose_expert) for s in expert])) if expert else None,
+        "no_match": sum(s.no_match is not None for s in steps),
+        "outcomes": {o: sum(e.outcome == o for e in episodes) for o in sorted({e.outcome for e in episodes})},
+    }
+
+
+# ---------------------------------------------------------------------------------------- running
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=1, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fork_memory(base: Path, target: Path) -> None:
+    """A fresh copy of the training memory for one mode (what an earlier run of the mode logged is gone)."""
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(base, target)
+
+
+def run_comparison(
+    config: CompareConfig,
+    out_dir: str | Path,
+    *,
+    model: Any = None,
+    embedder: Any = None,
+    game_cache: str | Path | None = None,
+    memory_dir: str | Path | None = None,
+    progress: bool = True,
+    on_episode: Callable[[str, EpisodeResult], None] | None = None,
+    extra_games: Sequence[str | Path] = (),
+) -> Comparison:
+    """Run every mode of `config` on the same held-out games and write the report into `out_dir`.
+
+    `model` is a `LoadedModel` (default: the packaged SmolLM2), `embedder` an embedder (default:
+    the packaged MiniLM). The training memory and each mode's copy live in `memory_dir` (default
+    `out_dir/memory`); a memory built there before is reused. `extra_games` are game files played after the generated ones (e.g. to show
+    that a broken file is reported and skipped). A KeyboardInterrupt stops the run after marking
+    the running episode `interrupted`; the report of what finished is still written, and the
+    result says `interrupted`.
+    """
+    from tqdm.auto import tqdm
+
+    from hullft_agent.adapter import TestTimeAdapter
+    from hullft_agent.config import AdapterConfig, FinetuneConfig, SelectionConfig
+    from hullft_agent.envs.textworld import build_textworld_memory_with_summary, generate_games
+    from hullft_agent.memory import TrajectoryMemory
+    from langchain_hullft.chat_models import ChatHullFT
+
+    started = time.perf_counter()
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    result = Comparison(config=config, out_dir=out)
+    settings = config.cooking()
+    if embedder is None:
+        from hullft_agent.embedding import Embedder
+
+        embedder = Embedder()
+    memories = Path(memory_dir).expanduser() if memory_dir is not None else out / "memory"
+    base_dir = memories / "train"
+    base, summary = build_textworld_memory_with_summary(
+        base_dir, "train", config.train_games, expert_episodes=config.expert_episodes,
+        explore_episodes=config.explore_episodes, settings=settings, random_share=config.random_share,
+        embedder=embedder, granularity="window", window=config.window, seed=config.seed,
+        namespace=MEMORY_NAMESPACE, cache_dir=game_cache, progress=progress,
+    )
+    result.memory_rows = base.count()
+    base.close()
+    games = [*generate_games("test", config.test_games, settings, game_cache, seed0=config.seed, progress=progress),
+             *(Path(g) for g in extra_games)]
+    if model is None:
+        from hullft_agent.models import load_model
+
+        model = load_model()
+    adapter_config = AdapterConfig(
+        selection=SelectionConfig(method="hullft", n=config.n, k=config.k),
+        finetune=FinetuneConfig(lr=config.lr, max_length=config.max_length, seed=config.seed),
+        incremental=True,
+    )
+    adapter: TestTimeAdapter | None = None
+    result.setup_s = time.perf_counter() - started
+    logger.info("memory of %d rows from %d training games (%d episodes) ready in %.1f s", result.memory_rows,
+                summary.games, summary.episodes, result.setup_s)
+    results_file = out / "results.json"
+    try:
+        for mode in config.modes:
+            mode_dir = memories / mode
+            _fork_memory(base_dir, mode_dir)
+            memory = TrajectoryMemory.open(mode_dir, embedder=embedder, namespace=MEMORY_NAMESPACE)
+            if adapter is None:
+                adapter = TestTimeAdapter(model, embedder=embedder, source=memory, config=adapter_config)
+            adapter.source = memory
+            adapter.forget_tasks()
+            chat = ChatHullFT(adapter=adapter, memory=memory, temperature=0.0, seed=config.seed)
+            agent = TextWorldAgent(chat, config.agent(), n_select=config.n, k=config.k, **MODES[mode])
+            episodes = result.episodes.setdefault(mode, [])
+            for index, game in enumerate(games):
+                with tqdm(total=None, desc=f"{mode:<9} game {index + 1}/{len(games)}", unit="cmd",
+                          disable=not progress, leave=False) as bar:
+                    def advance(step: StepRecord, bar: Any = bar) -> None:
+                        bar.update(1)
+                        bar.set_postfix(score=step.score, adapt=f"{step.adapt_s:.1f}s", act=f"{step.act_s:.1f}s")
+
+                    try:
+                        episode = agent.play(game, label=mode, on_step=advance)
+                    except AgentInterrupted as exc:
+                        episodes.append(exc.result)
+                        raise
+                episodes.append(episode)
+                if on_episode is not None:
+                    on_episode(mode, episode)
+                result.seconds = time.perf_counter() - started
+                _write_json(results_file, result.to_dict())
+            memory.close()
+    except KeyboardInterrupt:
+        result.interrupted = True
+        result.notes.append("interrupted by the user: the tables hold what finished")
+        logger.warning("comparison interrupted; writing the report of what finished")
+    result.seconds = time.perf_counter() - started
+    _write_json(results_file, result.to_dict())
+    write_report(result)
+    return result
+
+
+# ---------------------------------------------------------------------------------------- tables
+
+
+def _fmt(value: Any, spec: str = ".2f", none: str = "-") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return none
+    return format(value, spec)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[list[str]]:
+    return [header, *rows]
+
+
+def render_text(table: list[list[str]]) -> str:
+    """A fixed-width text table (first column left-aligned, the others right-aligned)."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines = []
+    for n, row in enumerate(table):
+        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def render_markdown(table: list[list[str]]) -> str:
+    header, *rows = table
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def games_table(result: Comparison) -> list[list[str]]:
+    """Per game: score/max, commands and outcome of every mode."""
+    modes = list(result.episodes)
+    order: list[str] = []
+    for eps in result.episodes.values():
+        order += [e.game_file for e in eps if e.game_file not in order]
+    rows = []
+    for game_file in order:
+        row = [Path(game_file).stem]
+        for mode in modes:
+            ep = next((e for e in result.episodes[mode] if e.game_file == game_file), None)
+            if ep is None:
+                row.append("-")
+            elif ep.outcome == "error":
+                row.append("cannot start")
+            else:
+                row.append(f"{ep.score}/{ep.max_score} in {ep.moves} ({ep.outcome})")
+        rows.append(row)
+    return _table(["game", *modes], rows)
+
+
+def totals_table(result: Comparison) -> list[list[str]]:
+    """Per mode: total and mean score, wins, steps, mean per-step latency split into adapt / act."""
+    rows = []
+    for mode, eps in result.episodes.items():
+        t = mode_totals(eps)
+        rows.append([
+            mode, str(t["games"]), f"{t['score']}/{t['max_score']}",
+            f"{_fmt(t['mean_score'])} ± {_fmt(t['sd_score'])}", str(t["wins"]), str(t["steps"]),
+            _fmt(t["adapt_s"]), _fmt(t["act_s"]),
+            f"{_fmt(t['trained_per_step'], '.1f')}/{_fmt(t['selected_per_step'], '.1f')}",
+        ])
+    return _table(["mode", "games", "score", "mean ± sd", "wins", "steps", "adapt s/step", "act s/step",
+                   "trained/selected per step"], rows)
+
+
+def bpb_table(result: Comparison) -> list[list[str]]:
+    """Per mode: BPB of the chosen commands, BPB of the engine's next winning command, agreement with it."""
+    rows = []
+    for mode, eps in result.episodes.items():
+        t = mode_totals(eps)
+        agree = t["expert_agreement"]
+        rows.append([mode, _fmt(t["action_bpb"], ".3f"), _fmt(t["expert_bpb"], ".3f"),
+                     "-" if agree is None else f"{100 * agree:.0f}%"])
+    return _table(["mode", "BPB chosen commands", "BPB expert commands", "chose the expert's command"], rows)
+
+
+def differences_lines(result: Comparison) -> list[str]:
+    lines = []
+    for mode, d in result.differences().items():
+        lines.append(
+            f"{mode} - none: {d['mean']:+.2f} points per game (sd {d['sd']:.2f}, 95% bootstrap CI "
+            f"[{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}], better on {d['better']}, worse on {d['worse']} "
+            f"of {d['games']} games)"
+        )
+    return lines
+
+
+def summary_text(result: Comparison) -> str:
+    """The tables as the CLI prints them."""
+    parts = ["per game (score/max in commands (outcome)):", render_text(games_table(result)), "",
+             "totals (latency = mean seconds per command):", render_text(totals_table(result)), "",
+             "bits per byte of the commands under each mode's model (lower is better):", render_text(bpb_table(result))]
+    diffs = differences_lines(result)
+    if diffs:
+        parts += ["", *diffs]
+    parts += [f"{note}" for note in result.notes]
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------- report
+
+
+def _plots(result: Comparison) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        result.notes.append('plots skipped: matplotlib is not installed (pip install "hullft-agent[bench]")')
+        return []
+    modes = list(result.episodes)
+    files: list[str] = []
+    games: list[str] = []
+    for eps in result.episodes.values():
+        games += [e.game_file for e in eps if e.game_file not in games and e.outcome != "error"]
+    if games:
+        fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(games) + 2), 3.6))
+        width = 0.8 / len(modes)
+        for m, mode in enumerate(modes):
+            scores = []
+            for g in games:
+                ep = next((e for e in result.episodes[mode] if e.game_file == g), None)
+                scores.append(ep.score if ep is not None and ep.outcome != "error" else np.nan)
+            ax.bar(np.arange(len(games)) + (m - (len(modes) - 1) / 2) * width, scores, width, label=mode)
+        ax.set_xticks(np.arange(len(games)), [Path(g).stem.replace("game-", "") for g in games], rotation=30)
+        ax.set_ylabel("score")
+        ax.set_title("score per held-out game")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(result.out_dir / "scores.png", dpi=120)
+        plt.close(fig)
+        files.append("scores.png")
+    totals = {mode: mode_totals(eps) for mode, eps in result.episodes.items()}
+    shown = [m for m in modes if totals[m]["steps"]]
+    if shown:
+        fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(shown) + 1.5), 3.6))
+        adapt = [totals[m]["adapt_s"] for m in shown]
+        act = [totals[m]["act_s"] for m in shown]
+        ax.bar(shown, adapt, label="adapt")
+        ax.bar(shown, act, bottom=adapt, label="act (score commands)")
+        ax.set_ylabel("seconds per command")
+        ax.set_title("mean latency per command")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(result.out_dir / "latency.png", dpi=120)
+        plt.close(fig)
+        files.append("latency.png")
+    return files
+
+
+def _choice_rule(c: CompareConfig) -> str:
+    if c.strategy == "generate":
+        return "Commands generated by the model and matched to the closest admissible one"
+    how = "the best-scored command" if c.temperature == 0 else f"a command drawn ∝ exp(score / {c.temperature:g})"
+    return f"Each step plays {how}, score = {c.scoring} of the command's token log-probabilities"
+
+
+def write_report(result: Comparison) -> Path:
+    """Write `report.md` (and the plots) into the comparison's folder; return the report's path."""
+    plots = _plots(result)
+    c = result.config
+    lines = [
+        "# TextWorld agent: adaptation modes side by side",
+        "",
+        f"{len(next(iter(result.episodes.values()), []))} held-out tw-cooking games (test split; recipe {c.recipe}, "
+        f"take {c.take}, rooms {c.rooms}{', open' if c.open else ''}{', cook' if c.cook else ''}"
+        f"{', cut' if c.cut else ''}), memory of {result.memory_rows} window rows (w = {c.window}) from "
+        f"{c.train_games} training games ({c.expert_episodes} expert + {c.explore_episodes} exploring episodes "
+        f"each), then the agent's own episodes. {_choice_rule(c)}; "
+        f"N = {c.n}, K = {c.k}, lr {c.lr}, sequences ≤ {c.max_length} tokens, at most {c.max_steps} commands "
+        f"(and {c.step_factor}× the walkthrough). Wall time {result.seconds:.0f} s (setup {result.setup_s:.0f} s).",
+        "",
+    ]
+    if result.interrupted:
+        lines += ["**Interrupted**: the tables hold the games that finished (and the interrupted one).", ""]
+    lines += ["## Per game", "", "score/max in commands (outcome)", "", render_markdown(games_table(result)), "",
+              "## Totals", "", render_markdown(totals_table(result)), ""]
+    diffs = differences_lines(result)
+    if diffs:
+        lines += [f"- {d}" for d in diffs] + [""]
+    lines += ["## Bits per byte", "",
+              "BPB of the commands the agent chose, and of the engine's next winning command at the same states, "
+              "under each mode's (adapted) model.", "", render_markdown(bpb_table(result)), ""]
+    if plots:
+        lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    if result.notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in result.notes] + [""]
+    path = result.out_dir / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
