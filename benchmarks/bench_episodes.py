@@ -202,7 +202,7 @@ def main() -> int:
     parser.add_argument("--test-games", type=int, default=6)
     parser.add_argument("--unit-size", type=int, default=4)
     parser.add_argument("--max-units", type=int, default=None,
-                        help="only the first M units (default 12 for the sweep, 32 for the comparison; 0 = all)")
+                        help="only the first M units (default 12 for the sweep, 30 for the comparison; 0 = all)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--n", nargs="+", type=int, default=[20])
     parser.add_argument("--k", type=int, default=200)
@@ -225,7 +225,7 @@ def main() -> int:
     name = "bench_episodes" + ("_sweep" if args.sweep else "") + ("_quick" if args.quick else "")
     args.json = args.json or str(RESULTS / f"{name}.json")
     if args.max_units is None:
-        args.max_units = 12 if args.sweep else 32
+        args.max_units = 12 if args.sweep else 30
     args.max_units = args.max_units or None
 
     start = time.perf_counter()
