@@ -109,7 +109,8 @@ def main() -> int:
         "command": "python benchmarks/bench_minipile.py " + " ".join(sys.argv[1:]),
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "cpu_threads": __import__("torch").get_num_threads()},
-        "model": "smollm2-135m-instruct (LoRA r=8, lr 5e-4, max_length 256)", "embedder": "all-MiniLM-L6-v2",
+        "model": f"smollm2-135m-instruct (LoRA r={config.finetune.lora.r}, lr {config.finetune.lr:g}, "
+                 f"max_length {config.finetune.max_length})", "embedder": "all-MiniLM-L6-v2",
         "wall_s": round(wall_s, 1), "setup_s": round(setup_s, 1),
         "pile": {**pile.settings, "counts": pile.counts(), "skipped": pile.skipped},
         "summary": result.summary,

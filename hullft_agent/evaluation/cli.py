@@ -227,7 +227,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exclude-task", action="store_true",
                         help="also keep each unit's own task (domain) out of its candidates")
     parser.add_argument("--model", default=PACKAGED_LLM, help="LLM name or HF folder (default packaged SmolLM2)")
-    parser.add_argument("--lr", type=float, default=None, help="LoRA learning rate (default 5e-4)")
+    parser.add_argument("--lr", type=float, default=None, help="LoRA learning rate (default 1e-3)")
     parser.add_argument("--max-length", type=int, default=None, help="training sequence length cap (default 256)")
     parser.add_argument("--bootstrap", type=int, default=defaults.bootstrap, help="bootstrap resamples (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
