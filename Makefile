@@ -25,8 +25,11 @@ lint: $(STAMP)
 test: lint
 	$(VENV)/bin/pytest
 
+# The TextWorld agent with and without test-time adaptation (a few minutes); sizes are flags, e.g.
+# make demo DEMO_ARGS="--modes none per_query per_task knn --test-games 10" (see hullft-agent demo --help).
+DEMO_ARGS ?=
 demo: $(STAMP)
-	$(VENV)/bin/hullft-agent demo
+	$(VENV)/bin/hullft-agent demo $(DEMO_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_selection.py

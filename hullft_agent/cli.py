@@ -220,9 +220,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"demo: a TextWorld agent (SmolLM2-135M + LangChain) plays {config.test_games} held-out cooking games per "
           f"mode ({', '.join(config.modes)}); memory = expert and exploring episodes of {config.train_games} "
           f"training games, then the agent's own episodes", flush=True)
-    embedder = _load_embedder(args)
+    from transformers.utils import logging as hf_logging
+
     from hullft_agent.models import load_model
 
+    hf_logging.disable_progress_bar()  # the weight-loading bars would interleave with the demo's own progress
+    embedder = _load_embedder(args)
     model = load_model(ModelConfig(name_or_path=args.model))
     result = run_comparison(config, args.out, model=model, embedder=embedder, game_cache=args.game_cache,
                             progress=not args.no_progress)

@@ -91,3 +91,9 @@ def test_info_runs(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "torch" in out and "device:" in out and "cache dir:" in out
+
+
+def test_adapt_demo_names_the_topics_for_an_unknown_one(capsys):
+    assert main(["adapt-demo", "--topic", "no-such-topic"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown topic 'no-such-topic'" in err and "raise" in err
