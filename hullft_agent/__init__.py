@@ -32,6 +32,7 @@ _EXPORTS = {
     "bits_per_byte": "hullft_agent.metrics",
     "TrajectoryMemory": "hullft_agent.memory",
     "MemoryConfig": "hullft_agent.memory",
+    "HullFTError": "hullft_agent.errors",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

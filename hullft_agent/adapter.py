@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,6 +22,7 @@ from pydantic import BaseModel, Field
 
 from hullft_agent.candidates import CandidateSource, check_vectors
 from hullft_agent.config import AdapterConfig
+from hullft_agent.files import write_json_atomic
 from hullft_agent.finetune import create_session, train_multiset
 from hullft_agent.metrics import BPBResult, score_texts
 from hullft_agent.selection import select_from_config
@@ -97,14 +96,7 @@ class _Ledger:
         self.steps += sum(trained)
 
     def save(self, path: Path) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump({"counts": self.counts, "steps": self.steps}, handle)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_json_atomic(path, {"counts": self.counts, "steps": self.steps}, indent=None)
 
     @classmethod
     def load(cls, path: Path) -> _Ledger:

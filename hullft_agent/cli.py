@@ -19,10 +19,7 @@ from hullft_agent.config import (
     ModelConfig,
     SelectionConfig,
 )
-
-
-class CLIError(Exception):
-    """A user-facing error: printed without a traceback, exit status 2."""
+from hullft_agent.errors import CLIError, HullFTError
 
 
 def read_pool(path: str | Path) -> tuple[list[str], list[str]]:
@@ -364,25 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _user_runtime_errors() -> tuple[type[Exception], ...]:
-    """Errors a user causes (a missing model, a pinned memory ...): printed without a traceback.
-
-    Other RuntimeErrors are bugs and keep their traceback.
-    """
-    from hullft_agent.embedding import EmbedderNotAvailableError
-    from hullft_agent.memory.store import EmbedderRequiredError, MemoryPinnedError
-    from hullft_agent.models import ModelNotAvailableError
-
-    return (EmbedderNotAvailableError, EmbedderRequiredError, MemoryPinnedError, ModelNotAvailableError)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (CLIError, ValueError, FileNotFoundError, *_user_runtime_errors()) as exc:
+    except (HullFTError, ValueError, FileNotFoundError) as exc:
         print(f"hullft-agent: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

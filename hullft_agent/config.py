@@ -34,11 +34,17 @@ def default_cache_dir() -> Path:
     return base / "hullft-agent"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+class StrictConfig(BaseModel):
+    """Base of every settings model: unknown fields are refused and a built config never changes.
+
+    Change a setting by building a new one (`config.model_copy(update=...)`, or a per-call override),
+    so an object holding a config can trust it for its whole life.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class ModelConfig(_Strict):
+class ModelConfig(StrictConfig):
     """Which causal LM to load and where it runs."""
 
     name_or_path: str = Field(
@@ -51,7 +57,7 @@ class ModelConfig(_Strict):
     cache_dir: Path = Field(default_factory=default_cache_dir)
 
 
-class EmbedderConfig(_Strict):
+class EmbedderConfig(StrictConfig):
     """Sentence embedder used for queries and memory rows."""
 
     model: str = Field(PACKAGED_EMBEDDER, description=f"'{PACKAGED_EMBEDDER}' (packaged) or a local folder")
@@ -59,7 +65,7 @@ class EmbedderConfig(_Strict):
     device: str = "cpu"
 
 
-class SelectionConfig(_Strict):
+class SelectionConfig(StrictConfig):
     """How the support set is chosen from the candidate pool (published defaults)."""
 
     method: SelectionMethod = "hullft"
@@ -71,7 +77,7 @@ class SelectionConfig(_Strict):
     sift_lambda: float = Field(0.2, gt=0, description="SIFT noise level lambda")
 
 
-class LoRAConfig(_Strict):
+class LoRAConfig(StrictConfig):
     """Low-rank adapter shape; defaults suit Llama-style models."""
 
     r: int = Field(8, ge=1)
@@ -80,7 +86,7 @@ class LoRAConfig(_Strict):
     target_modules: list[str] = Field(default_factory=lambda: list(LLAMA_TARGET_MODULES), min_length=1)
 
 
-class FinetuneConfig(_Strict):
+class FinetuneConfig(StrictConfig):
     """The test-time training loop: one Adam step per multiset instance, with gradient reuse."""
 
     method: Literal["lora", "full"] = Field("lora", description="'full' reproduces the published protocol")
@@ -93,7 +99,7 @@ class FinetuneConfig(_Strict):
     seed: int | None = 0
 
 
-class AdapterConfig(_Strict):
+class AdapterConfig(StrictConfig):
     """A `TestTimeAdapter`: what it selects, how it trains, and what persists between calls."""
 
     selection: SelectionConfig = Field(default_factory=SelectionConfig)

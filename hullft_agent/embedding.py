@@ -9,12 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from hullft_agent.config import PACKAGED_EMBEDDER, EmbedderConfig
+from hullft_agent.errors import EmbedderNotAvailableError
 
 logger = logging.getLogger(__name__)
-
-
-class EmbedderNotAvailableError(RuntimeError):
-    """The requested embedding model is not on this machine (the library never downloads)."""
 
 
 def packaged_embedder_path() -> Path:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from hullft_agent.config import PACKAGED_LLM, ModelConfig
+from hullft_agent.errors import ModelNotAvailableError
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +61,6 @@ _DTYPES: dict[str, torch.dtype] = {
     "half": torch.float16,
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-class ModelNotAvailableError(RuntimeError):
-    """A model (or a package needed to read it) is not installed; the message says how to install it."""
 
 
 @dataclass

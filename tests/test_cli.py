@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from hullft_agent.cli import CLIError, main, read_pool
+from hullft_agent.cli import main, read_pool
+from hullft_agent.errors import CLIError
 
 POOL = [
     "To open a file in Python use the open() built-in and a with statement.",

@@ -25,7 +25,6 @@ from hullft_agent.envs.textworld import (
     NO_OUTPUT,
     CookingSettings,
     Episode,
-    TextWorldEnvError,
     build_textworld_memory,
     build_textworld_memory_with_summary,
     clean_observation,
@@ -35,6 +34,7 @@ from hullft_agent.envs.textworld import (
     log_episodes,
     play_episode,
 )
+from hullft_agent.errors import TextWorldEnvError
 from hullft_agent.memory import TrajectoryMemory
 from hullft_agent.memory import cli as memory_cli
 from hullft_agent.memory.testing import HashingEmbedder

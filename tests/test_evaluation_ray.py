@@ -21,15 +21,10 @@ import pytest
 from conftest import build_tiny_model
 from test_evaluation import build_memory, interrupt_after, lines, small_config, table
 
+from hullft_agent.errors import RayUnavailableError, RayWorkerError
 from hullft_agent.evaluation import cli as eval_cli
 from hullft_agent.evaluation import episode_units, read_results, run_evaluation, text_units
-from hullft_agent.evaluation.distributed import (
-    MemorySource,
-    RayUnavailableError,
-    RayWorkerError,
-    run_evaluation_ray,
-    shard_jobs,
-)
+from hullft_agent.evaluation.distributed import MemorySource, run_evaluation_ray, shard_jobs
 from hullft_agent.memory import TrajectoryMemory
 from hullft_agent.memory.testing import HashingEmbedder
 

@@ -15,7 +15,7 @@ from hullft_agent.evaluation import (
     summary_markdown,
 )
 from hullft_agent.evaluation.plots import plot_bpb_vs_n, plot_bpb_vs_time
-from hullft_agent.evaluation.report import write_atomic
+from hullft_agent.files import write_atomic
 
 LN2 = math.log(2)
 
@@ -109,7 +109,7 @@ def test_atomic_write_leaves_the_old_file_when_interrupted(tmp_path, monkeypatch
     def broken(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("hullft_agent.evaluation.report.os.replace", broken)
+    monkeypatch.setattr("hullft_agent.files.os.replace", broken)
     with pytest.raises(KeyboardInterrupt):
         write_atomic(path, "new")
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["summary.md"]

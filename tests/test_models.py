@@ -13,9 +13,9 @@ import torch
 
 from hullft_agent import models
 from hullft_agent.config import PACKAGED_LLM, ModelConfig
+from hullft_agent.errors import ModelNotAvailableError
 from hullft_agent.models import (
     LoadedModel,
-    ModelNotAvailableError,
     load_model,
     model_cache_path,
     packaged_llm_path,

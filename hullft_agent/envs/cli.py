@@ -10,9 +10,10 @@ import argparse
 import sys
 from typing import Any
 
+from hullft_agent.errors import EmbedderMismatchError, EmbedderRequiredError
 from hullft_agent.memory import cli as memory_cli
 from hullft_agent.memory.config import default_memory_uri
-from hullft_agent.memory.store import EmbedderMismatchError, EmbedderRequiredError, TrajectoryMemory
+from hullft_agent.memory.store import TrajectoryMemory
 
 _SPLITS = ("train", "valid", "test")
 
@@ -33,11 +34,8 @@ def _table_embedder(uri: str, table: str) -> str | None:
 
 def _cmd_textworld(args: argparse.Namespace) -> int:
     try:
-        from hullft_agent.envs.textworld import (
-            CookingSettings,
-            TextWorldEnvError,
-            build_textworld_memory_with_summary,
-        )
+        from hullft_agent.envs.textworld import CookingSettings, build_textworld_memory_with_summary
+        from hullft_agent.errors import TextWorldEnvError
     except ImportError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2

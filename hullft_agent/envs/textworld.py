@@ -36,9 +36,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from hullft_agent.config import default_cache_dir
+from hullft_agent.config import StrictConfig, default_cache_dir
+from hullft_agent.errors import TextWorldEnvError
+from hullft_agent.files import write_json_atomic
 
 INSTALL_HINT = 'TextWorld is not installed; install the optional extra: pip install "hullft-agent[textworld]"'
 
@@ -61,10 +63,6 @@ NO_OUTPUT = "(no response)"
 _STALE_TEMP_S = 3600.0
 
 
-class TextWorldEnvError(RuntimeError):
-    """A TextWorld game could not be generated, started or played."""
-
-
 def _textworld() -> Any:
     """Import TextWorld (slow, about a second) only when a game is made or played."""
     try:
@@ -83,15 +81,13 @@ def _textworld_version() -> str:
         return "unknown"
 
 
-class CookingSettings(BaseModel):
+class CookingSettings(StrictConfig):
     """Difficulty of the generated `tw-cooking` games (the `tw-make tw-cooking` options).
 
     `recipe` → `--recipe`, `take` → `--take`, `rooms` → `--go`, and the flags `--open`, `--cook`,
     `--cut`, `--drop`. `max_steps` caps an episode's commands when the games are played; it does not
     change the games (nor their cache folder).
     """
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     recipe: int = Field(2, ge=1, le=5, description="ingredients in the recipe (--recipe)")
     take: int = Field(
@@ -190,17 +186,6 @@ def _is_complete(path: Path) -> bool:
     return path.is_file() and json_file.is_file() and path.stat().st_size > 0 and json_file.stat().st_size > 0
 
 
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _remove_stale_temp(folder: Path) -> None:
     """Remove temporary folders of generations killed long ago (a live one is younger)."""
     now = time.time()
@@ -270,7 +255,7 @@ def generate_games(
     manifest = folder.parent / "settings.json"
     if not manifest.is_file():
         payload = {"challenge": "tw-cooking", "textworld": _textworld_version(), **settings.game_settings()}
-        _write_json_atomic(manifest, payload)
+        write_json_atomic(manifest, payload)
     _remove_stale_temp(folder)
 
     from tqdm.auto import tqdm

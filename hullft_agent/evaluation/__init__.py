@@ -13,12 +13,14 @@ writes the same folder.
 
 from __future__ import annotations
 
-from hullft_agent.evaluation.distributed import (
-    MemorySource,
+from hullft_agent.errors import (
+    LeakageError,
+    NoUnitsError,
     RayUnavailableError,
     RayWorkerError,
-    run_evaluation_ray,
+    ResultLogError,
 )
+from hullft_agent.evaluation.distributed import MemorySource, run_evaluation_ray
 from hullft_agent.evaluation.report import (
     bootstrap_ci,
     byte_weighted_bpb,
@@ -26,27 +28,19 @@ from hullft_agent.evaluation.report import (
     paired_delta_ci,
     summarize,
     summary_markdown,
-    write_atomic,
 )
-from hullft_agent.evaluation.results import ResultLog, ResultLogError, read_results
+from hullft_agent.evaluation.results import ResultLog, read_results
 from hullft_agent.evaluation.runner import (
     METHODS,
     EvalConfig,
     EvalResult,
     GuardedSource,
-    LeakageError,
     MethodSpec,
     check_methods,
     run_evaluation,
 )
-from hullft_agent.evaluation.units import (
-    EvalUnit,
-    NoUnitsError,
-    episode_steps,
-    episode_units,
-    select_episodes,
-    text_units,
-)
+from hullft_agent.evaluation.units import EvalUnit, episode_steps, episode_units, select_episodes, text_units
+from hullft_agent.files import write_atomic
 
 __all__ = [
     "METHODS",

@@ -16,9 +16,8 @@ from functools import partial
 from typing import Any
 
 from hullft_agent.config import PACKAGED_LLM, FinetuneConfig
-from hullft_agent.evaluation.results import ResultLogError
-from hullft_agent.evaluation.runner import METHODS, EvalConfig, LeakageError, check_methods
-from hullft_agent.evaluation.units import NoUnitsError
+from hullft_agent.errors import LeakageError, NoUnitsError, ResultLogError
+from hullft_agent.evaluation.runner import METHODS, EvalConfig, check_methods
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +50,7 @@ def _out(text: str) -> None:
 
 
 def _ray_errors() -> tuple[type[BaseException], ...]:
-    from hullft_agent.evaluation.distributed import RayUnavailableError, RayWorkerError
+    from hullft_agent.errors import RayUnavailableError, RayWorkerError
 
     return (RayUnavailableError, RayWorkerError)
 
@@ -64,7 +63,7 @@ def _guard(func: Any) -> Any:
             sys.stderr.write(f"error: leakage guard: {exc}\n")
             return 2
         except _ray_errors() as exc:
-            from hullft_agent.evaluation.distributed import RayWorkerError
+            from hullft_agent.errors import RayWorkerError
 
             sys.stderr.write(f"error: {exc}\n")
             if isinstance(exc, RayWorkerError):

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from hullft_agent.candidates import CandidateSource
+from hullft_agent.errors import RayUnavailableError, RayWorkerError
 from hullft_agent.evaluation.runner import (
     METHODS,
     EvalConfig,
@@ -55,19 +56,6 @@ logger = logging.getLogger(__name__)
 
 INSTALL_HINT = 'pip install "hullft-agent[ray]"'
 _CONNECT_TIMEOUT_S = 5.0
-
-
-class RayUnavailableError(RuntimeError):
-    """Ray cannot be used: it is not installed, or no Ray cluster answers at the address."""
-
-
-class RayWorkerError(RuntimeError):
-    """A Ray worker failed: while starting (`unit` is None) or on a job (`unit`, `method`, `n`)."""
-
-    def __init__(self, message: str, *, unit: str | None = None, method: str | None = None,
-                 n: int | None = None) -> None:
-        super().__init__(message)
-        self.unit, self.method, self.n = unit, method, n
 
 
 @dataclass(frozen=True)

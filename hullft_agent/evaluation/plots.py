@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from hullft_agent.files import atomic_path
+
 _COLORS = {
     "knn": "tab:blue",
     "sift": "tab:orange",
@@ -32,15 +34,9 @@ def _figure() -> tuple[Any, Any]:
 
 def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
     """Save through a temporary name and rename, so a plot file is never half written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format=Path(path).suffix.lstrip(".") or "png")
+    return Path(path)
 
 
 def _series(summary: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, list[dict[str, Any]]]]:

@@ -8,13 +8,9 @@ paired bootstrap: the same resampled units for both.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -254,22 +250,3 @@ def summary_markdown(summary: dict[str, Any], title: str = "BPB evaluation") -> 
 # ---------------------------------------------------------------------------------------- files
 
 
-def write_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Write `text` to `path` through a temporary file, fsync and rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
-    return write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n")

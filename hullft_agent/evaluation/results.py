@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from hullft_agent.errors import ResultLogError
+
 logger = logging.getLogger(__name__)
 
 ResultKey = tuple[str, str, int]
@@ -20,10 +22,6 @@ ResultKey = tuple[str, str, int]
 
 def result_key(record: dict[str, Any]) -> ResultKey:
     return (str(record["unit"]), str(record["method"]), int(record["n"]))
-
-
-class ResultLogError(ValueError):
-    """The results file is corrupt somewhere other than its last line."""
 
 
 def read_results(path: str | os.PathLike[str], *, repair: bool = False) -> tuple[list[dict[str, Any]], int]:
@@ -101,7 +99,7 @@ class ResultLog:
 
 def rewrite_results(path: str | os.PathLike[str], records: list[dict[str, Any]]) -> None:
     """Replace the file with exactly `records` (atomically), e.g. to drop an unfinished per_task group."""
-    from hullft_agent.evaluation.report import write_atomic
+    from hullft_agent.files import write_atomic
 
     text = "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in records)
     write_atomic(path, text)

@@ -31,16 +31,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from hullft_agent.candidates import CandidatePool, CandidateSource, InMemoryCandidates
-from hullft_agent.config import AdapterConfig, FinetuneConfig
+from hullft_agent.config import AdapterConfig, FinetuneConfig, StrictConfig
+from hullft_agent.errors import LeakageError, NoUnitsError
 from hullft_agent.evaluation.report import (
     BASE,
     summarize,
     summary_markdown,
-    write_atomic,
-    write_json_atomic,
 )
 from hullft_agent.evaluation.results import (
     ResultLog,
@@ -48,7 +47,8 @@ from hullft_agent.evaluation.results import (
     result_key,
     rewrite_results,
 )
-from hullft_agent.evaluation.units import EvalUnit, NoUnitsError, units_fingerprint
+from hullft_agent.evaluation.units import EvalUnit, units_fingerprint
+from hullft_agent.files import write_atomic, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -96,10 +96,8 @@ def check_methods(methods: Sequence[str]) -> list[str]:
     return out
 
 
-class EvalConfig(BaseModel):
+class EvalConfig(StrictConfig):
     """What an evaluation compares and how. Fields that change results are part of the resume check."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     methods: list[str] = Field(default_factory=lambda: list(METHODS))
     n: list[int] = Field(default_factory=lambda: [5, 20], description="multiset sizes N")
@@ -133,10 +131,6 @@ class EvalConfig(BaseModel):
 
     def jobs_n(self, method: str) -> list[int]:
         return [0] if METHODS[method].selection is None else list(self.n)
-
-
-class LeakageError(RuntimeError):
-    """A candidate (or a selected sequence) came from the unit's own episode (or excluded task)."""
 
 
 def _episode_of(meta: dict[str, Any]) -> Any:

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from hullft_agent.errors import NoUnitsError
 from hullft_agent.memory.filters import scope
 from hullft_agent.memory.schema import WINDOW_KIND, WINDOW_META, render_window
 
@@ -24,10 +25,6 @@ logger = logging.getLogger(__name__)
 
 QueryMode = Literal["unit", "context"]
 NO_TASK = "(no task)"
-
-
-class NoUnitsError(ValueError):
-    """No evaluation unit could be built (no episode matched, an empty memory, an empty list)."""
 
 
 @dataclass(frozen=True)

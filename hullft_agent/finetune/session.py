@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from hullft_agent.config import FinetuneConfig, LoRAConfig
+from hullft_agent.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -120,15 +120,8 @@ class FinetuneSession(ABC):
         from safetensors.torch import save_file
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(self.state_dict(), tmp, metadata={"format": _FORMAT, "method": self.method})
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp:
+            save_file(self.state_dict(), str(tmp), metadata={"format": _FORMAT, "method": self.method})
         logger.debug("saved %s session state (%d tensors) to %s", self.method, len(self._params), path)
         return path
 

@@ -1,17 +1,17 @@
 """Trajectory memory on LanceDB: log agent episodes as embedded sequences, serve candidate pools."""
 
-from hullft_agent.memory.config import DEFAULT_KINDS, MEMORY_URI_ENV, MemoryConfig, default_memory_uri
-from hullft_agent.memory.filters import InvalidWhereError
-from hullft_agent.memory.jsonl import JsonlFormatError, import_jsonl, read_jsonl
-from hullft_agent.memory.schema import ALL_NAMESPACES, WINDOW_KIND, InvalidStepError, Step, trajectory_model
-from hullft_agent.memory.store import (
+from hullft_agent.errors import (
     EmbedderMismatchError,
     EmbedderRequiredError,
-    EpisodeSummary,
+    InvalidStepError,
+    InvalidWhereError,
+    JsonlFormatError,
     MemoryPinnedError,
-    TextEmbedder,
-    TrajectoryMemory,
 )
+from hullft_agent.memory.config import DEFAULT_KINDS, MEMORY_URI_ENV, MemoryConfig, default_memory_uri
+from hullft_agent.memory.jsonl import import_jsonl, read_jsonl
+from hullft_agent.memory.schema import ALL_NAMESPACES, WINDOW_KIND, Step, trajectory_model
+from hullft_agent.memory.store import EpisodeSummary, TextEmbedder, TrajectoryMemory
 
 __all__ = [
     "ALL_NAMESPACES",

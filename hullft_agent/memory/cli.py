@@ -14,15 +14,16 @@ import logging
 import sys
 from typing import Any
 
-from hullft_agent.memory.config import MemoryConfig, default_memory_uri
-from hullft_agent.memory.jsonl import JsonlFormatError, import_jsonl
-from hullft_agent.memory.schema import ALL_NAMESPACES
-from hullft_agent.memory.store import (
+from hullft_agent.errors import (
     EmbedderMismatchError,
     EmbedderRequiredError,
+    JsonlFormatError,
     MemoryPinnedError,
-    TrajectoryMemory,
 )
+from hullft_agent.memory.config import MemoryConfig, default_memory_uri
+from hullft_agent.memory.jsonl import import_jsonl
+from hullft_agent.memory.schema import ALL_NAMESPACES
+from hullft_agent.memory.store import TrajectoryMemory
 
 logger = logging.getLogger(__name__)
 

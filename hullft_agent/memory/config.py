@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from hullft_agent.config import StrictConfig
 
 #: Environment variable that overrides the default memory location.
 MEMORY_URI_ENV = "HULLFT_MEMORY_URI"
@@ -34,15 +36,13 @@ def default_memory_uri() -> str:
     return os.environ.get(MEMORY_URI_ENV) or DEFAULT_MEMORY_URI
 
 
-class MemoryConfig(BaseModel):
+class MemoryConfig(StrictConfig):
     """Where the trajectory memory lives and how it is maintained.
 
     `uri` is a local folder (embedded, no server), an object-store URI (`s3://bucket/prefix`,
     `s3+ddb://bucket/prefix?ddbTableName=T`, `gs://`, `az://`) or a LanceDB Cloud/Enterprise
     database (`db://name`, with `api_key`, `region`, `host_override`).
     """
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     uri: str = Field(default_factory=default_memory_uri, min_length=1)
     namespace: str = Field("default", description="default namespace (agent/user/tenant) of reads and writes")

@@ -13,11 +13,9 @@ from typing import Any
 
 from lancedb.expr import Expr, col, lit
 
+from hullft_agent.errors import InvalidWhereError
+
 MAX_WHERE_CHARS = 4096
-
-
-class InvalidWhereError(ValueError):
-    """A user-supplied `where` clause was rejected (unsafe or does not parse against the table)."""
 
 
 def check_where_syntax(where: Any) -> str:

@@ -25,7 +25,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from hullft_agent.memory.schema import InvalidStepError, Step
+from hullft_agent.errors import InvalidStepError, JsonlFormatError
+from hullft_agent.memory.schema import Step
 
 _EPISODE_FIELDS = {"episode_id", "task", "namespace", "reward", "outcome", "metadata", "steps"}
 _STEP_FIELDS = {
@@ -41,14 +42,6 @@ _STEP_FIELDS = {
     "id",
     "created_at",
 }
-
-
-class JsonlFormatError(ValueError):
-    """A line of an import file is not a valid episode or step; `line` is its 1-based number."""
-
-    def __init__(self, message: str, line: int | None = None) -> None:
-        super().__init__(message)
-        self.line = line
 
 
 def _step(data: dict[str, Any], where: str, defaults: dict[str, Any]) -> Step:

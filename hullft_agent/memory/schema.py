@@ -60,17 +60,6 @@ SCALAR_COLUMNS = tuple(c for c in COLUMNS if c != "vector")
 _MAX_NAME = 256
 
 
-class InvalidStepError(ValueError):
-    """A step (or a row of a batch) is malformed; nothing of its batch was written.
-
-    `index` is the position of the bad row in the batch (None for a single step).
-    """
-
-    def __init__(self, message: str, index: int | None = None) -> None:
-        super().__init__(message)
-        self.index = index
-
-
 @lru_cache(maxsize=32)
 def trajectory_model(dim: int) -> type[LanceModel]:
     """The LanceDB pydantic row model for embeddings of dimension `dim`."""

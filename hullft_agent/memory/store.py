@@ -29,8 +29,15 @@ import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from hullft_agent.candidates import CandidatePool
+from hullft_agent.errors import (
+    EmbedderMismatchError,
+    EmbedderRequiredError,
+    InvalidStepError,
+    InvalidWhereError,
+    MemoryPinnedError,
+)
 from hullft_agent.memory.config import MemoryConfig
-from hullft_agent.memory.filters import InvalidWhereError, check_where_syntax, combine, scope
+from hullft_agent.memory.filters import check_where_syntax, combine, scope
 from hullft_agent.memory.schema import (
     ALL_NAMESPACES,
     META_DIM,
@@ -42,7 +49,6 @@ from hullft_agent.memory.schema import (
     WINDOW_KIND,
     WINDOW_META,
     CheckedStep,
-    InvalidStepError,
     Step,
     arrow_schema,
     check_name,
@@ -65,18 +71,6 @@ _MIN_INDEX_ROWS = 256
 _CACHE_EPISODES = 10_000
 #: Fields of each candidate's metadata by default (more cost a little latency per column).
 _POOL_FIELDS: tuple[str, ...] = ()
-
-
-class EmbedderMismatchError(ValueError):
-    """The table was written with another embedder (model name or dimension)."""
-
-
-class MemoryPinnedError(RuntimeError):
-    """A write or maintenance call on a memory pinned to a past version with `checkout`."""
-
-
-class EmbedderRequiredError(RuntimeError):
-    """The call needs to embed text (or to create the table) but the memory has no embedder."""
 
 
 @runtime_checkable

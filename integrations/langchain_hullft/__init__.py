@@ -6,10 +6,10 @@
   before each model call and logs model outputs, tool calls and tool results to memory.
 """
 
+from hullft_agent.errors import ContextOverflowError, UnsupportedMessageError
 from langchain_hullft._choice import DEFAULT_SCORING, ChoiceResult, match_answer
-from langchain_hullft._messages import UnsupportedMessageError
 from langchain_hullft._runtime import DEFAULT_MEMORY_KINDS, get_adaptation_report
-from langchain_hullft.chat_models import ADAPTATION_FIELDS, CallOptions, ChatHullFT, ContextOverflowError
+from langchain_hullft.chat_models import ADAPTATION_FIELDS, CallOptions, ChatHullFT
 
 __all__ = [
     "ADAPTATION_FIELDS",

@@ -19,6 +19,8 @@ from langchain_core.messages import (
     ToolMessage,
 )
 
+from hullft_agent.errors import UnsupportedMessageError
+
 #: Roles a rendered conversation uses (the names Hugging Face chat templates expect).
 SYSTEM, USER, ASSISTANT, TOOL = "system", "user", "assistant", "tool"
 
@@ -33,10 +35,6 @@ _CHAT_ROLES = {
     "function": TOOL,
 }
 _TEXT_BLOCKS = {"text", "text-plain", "reasoning"}
-
-
-class UnsupportedMessageError(TypeError):
-    """A message (or a content block) ChatHullFT cannot render: it names the message and why."""
 
 
 def content_text(content: Any, *, where: str) -> str:

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hullft_agent.adapter import AdaptationReport
 from hullft_agent.config import PACKAGED_LLM, AdaptMode, SelectionMethod
+from hullft_agent.errors import ContextOverflowError
 from langchain_hullft._choice import (
     DEFAULT_SCORING,
     ChoiceResult,
@@ -70,10 +71,6 @@ ADAPTATION_FIELDS = ("method", "n_select", "k", "refresh_interval", "lr", "mode"
 #: Keyword arguments hosted chat models take that mean nothing for a local model; accepted and ignored.
 _IGNORED_INIT_KWARGS = ("api_key", "base_url", "max_retries", "organization")
 _BACKGROUND: set[asyncio.Future[Any]] = set()
-
-
-class ContextOverflowError(ValueError):
-    """The prompt does not fit the model's context window (and could not be truncated to fit)."""
 
 
 class CallOptions(BaseModel):

@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from hullft_agent.config import StrictConfig
 from langchain_hullft._choice import DEFAULT_SCORING, Scoring, Strategy
 from langchain_hullft._runtime import lock_for
 from langchain_hullft.chat_models import ChatHullFT
@@ -46,10 +47,8 @@ SYSTEM_PROMPT = (
 OUTCOMES = ("won", "lost", "max_steps", "no_commands", "interrupted", "error")
 
 
-class AgentConfig(BaseModel):
+class AgentConfig(StrictConfig):
     """How the agent prompts, chooses and logs."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     history: int = Field(3, ge=0, description="earlier steps (observation and command) shown as chat turns")
     max_steps: int = Field(30, ge=1, description="commands per episode at most")
@@ -193,7 +192,8 @@ class TextWorldAgent:
 
         Raises `AgentInterrupted` on a KeyboardInterrupt, after marking what was logged `interrupted`.
         """
-        from hullft_agent.envs.textworld import NO_OUTPUT, TextWorldEnvError, _start, clean_observation
+        from hullft_agent.envs.textworld import NO_OUTPUT, _start, clean_observation
+        from hullft_agent.errors import TextWorldEnvError
 
         started = time.perf_counter()
         path = Path(game_file)

@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
+from hullft_agent.config import StrictConfig
 from langchain_hullft._choice import DEFAULT_SCORING, Scoring, Strategy
 from langchain_hullft.textworld_agent import (
     AgentConfig,
@@ -54,10 +55,8 @@ MEMORY_NAMESPACE = "textworld"
 _BOOTSTRAP = 2000
 
 
-class CompareConfig(BaseModel):
+class CompareConfig(StrictConfig):
     """Sizes and settings of a comparison; the defaults are the `make demo` run."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     modes: list[str] = Field(default_factory=lambda: ["none", "per_task"], min_length=1)
     train_games: int = Field(6, ge=1, description="training games whose episodes fill the memory")
@@ -215,7 +214,7 @@ def mode_totals(episodes: Sequence[EpisodeResult]) -> dict[str, Any]:
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    from hullft_agent.evaluation.report import write_atomic
+    from hullft_agent.files import write_atomic
 
     write_atomic(path, json.dumps(payload, indent=1, default=str))
 
