@@ -94,9 +94,8 @@ def main() -> int:
         )
         if adapter is None:
             adapter = TestTimeAdapter(loaded, embedder=embedder, source=source, config=config)
-        adapter.source = source
         pass_time = median_pass_time(adapter.session, tokenizer, query, args.length, args.pass_repeats)
-        report = adapter.adapt(query)
+        report = adapter.adapt(query, source=source)
         texts = [source.texts[source.ids.index(i)] for i in report.selected_ids]
         counts = report.counts
         overhead = report.timings["total"] / (report.passes * pass_time)

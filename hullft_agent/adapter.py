@@ -21,7 +21,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from hullft_agent.candidates import CandidateSource, check_vectors
-from hullft_agent.config import AdapterConfig
+from hullft_agent.config import AdapterConfig, AdaptOverrides
 from hullft_agent.files import write_json_atomic
 from hullft_agent.finetune import create_session, train_multiset
 from hullft_agent.metrics import BPBResult, score_texts
@@ -107,6 +107,9 @@ class _Ledger:
 class TestTimeAdapter:
     """Adapts a local causal LM to each context by finetuning on a selected slice of memory.
 
+    The configuration and the candidate source are fixed at construction; a call changes them for
+    itself only (`adapt(..., overrides=AdaptOverrides(n=8), source=other)`).
+
     Modes: `per_query` resets the adapter before every adaptation (the published protocol);
     `per_task` keeps one adapter state per task key and swaps them when the task changes. With
     `config.incremental`, a per_task adaptation trains only the instances of its selected multiset
@@ -131,14 +134,45 @@ class TestTimeAdapter:
             model, tokenizer = model.model, model.tokenizer
         if not isinstance(source, CandidateSource):
             raise TypeError(f"source must implement CandidateSource.candidates(...), got {type(source).__name__}")
-        self.config = config or AdapterConfig()
-        self.embedder = embedder
-        self.source = source
-        self.tokenizer = tokenizer
-        self.session = create_session(model, tokenizer, self.config.finetune)
+        self._config = config or AdapterConfig()
+        self._embedder = embedder
+        self._source = source
+        self._tokenizer = tokenizer
+        self._session = create_session(model, tokenizer, self._config.finetune)
         self._task_states: dict[str, dict[str, torch.Tensor]] = {}
         self._ledgers: dict[str, _Ledger] = {}
         self._active_task: str | None = None
+
+    @property
+    def config(self) -> AdapterConfig:
+        """The adapter's own (frozen) configuration; per-call overrides never change it."""
+        return self._config
+
+    @property
+    def source(self) -> CandidateSource:
+        """Where candidates come from unless a call passes its own `source`."""
+        return self._source
+
+    @property
+    def embedder(self) -> Any:
+        return self._embedder
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    @property
+    def session(self) -> Any:
+        """The finetune session (reset, snapshot, `disabled()` for base-model outputs)."""
+        return self._session
+
+    def resolve(self, overrides: AdaptOverrides | dict[str, Any] | None = None) -> AdapterConfig:
+        """The configuration one call runs with: the adapter's, with `overrides` applied."""
+        if overrides is None:
+            return self._config
+        if not isinstance(overrides, AdaptOverrides):
+            overrides = AdaptOverrides.model_validate(overrides)
+        return overrides.apply(self._config)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -205,15 +239,26 @@ class TestTimeAdapter:
         episode_id: str | None = None,
         query_vector: np.ndarray | None = None,
         on_step: Callable[[int], None] | None = None,
+        source: CandidateSource | None = None,
+        overrides: AdaptOverrides | dict[str, Any] | None = None,
     ) -> AdaptationReport:
         """Adapt the model to `context`; candidates from `episode_id` are excluded (no leakage).
 
-        `on_step(steps_done)` is called after each training step, e.g. to drive a progress bar.
+        `source` replaces the adapter's candidate source and `overrides` its settings for this call
+        only. `on_step(steps_done)` is called after each training step, e.g. to drive a progress bar.
         """
         if not isinstance(context, str) or not context.strip():
             raise ValueError(f"context must be a non-empty string, got {context!r:.60}")
-        sel = self.config.selection
-        mode = self.config.mode
+        if source is not None and not isinstance(source, CandidateSource):
+            raise TypeError(f"source must implement CandidateSource.candidates(...), got {type(source).__name__}")
+        config = self.resolve(overrides)
+        if config.finetune.method != self.session.method:
+            raise ValueError(
+                f"overrides.finetune.method is {config.finetune.method!r} but this adapter's session trains "
+                f"{self.session.method!r}; build another adapter (and model copy) for another method"
+            )
+        sel = config.selection
+        mode = config.mode
         report = AdaptationReport(method=sel.method, mode=mode, task=task, n=sel.n, k=sel.k)
         start = time.perf_counter()
         if mode == "per_query":
@@ -231,7 +276,8 @@ class TestTimeAdapter:
 
             ledger = self._ledger(key)
         try:
-            self._run(context, task, episode_id, query_vector, report, on_step, ledger)
+            self._run(config, source or self._source, context, task, episode_id, query_vector, report, on_step,
+                      ledger)
         except BaseException:
             restore()  # nothing half-adapted survives an error
             raise
@@ -247,6 +293,8 @@ class TestTimeAdapter:
 
     def _run(
         self,
+        config: AdapterConfig,
+        source: CandidateSource,
         context: str,
         task: str | None,
         episode_id: str | None,
@@ -255,7 +303,7 @@ class TestTimeAdapter:
         on_step: Callable[[int], None] | None,
         ledger: _Ledger | None,
     ) -> None:
-        sel = self.config.selection
+        sel = config.selection
         timings = report.timings
         if ledger is not None:
             report.task_steps = ledger.steps
@@ -271,8 +319,8 @@ class TestTimeAdapter:
         timings["embed"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        task_filter = task if self.config.same_task_only else None
-        pool = self.source.candidates(q, sel.k, task=task_filter, exclude_episode=episode_id)
+        task_filter = task if config.same_task_only else None
+        pool = source.candidates(q, sel.k, task=task_filter, exclude_episode=episode_id)
         timings["retrieve"] = time.perf_counter() - t0
         report.pool_size = len(pool)
         if len(pool) == 0:
@@ -292,10 +340,10 @@ class TestTimeAdapter:
         iterations = selection.diagnostics.get("iterations")
         report.iterations = None if iterations is None else int(iterations)
 
-        incremental = ledger is not None and self.config.incremental
+        incremental = ledger is not None and config.incremental
         train = ledger.untrained(report.selected_ids, report.counts) if incremental else list(report.counts)
         t0 = time.perf_counter()
-        result = train_multiset(self.session, [pool.texts[i] for i in idx], train, self.config.finetune, on_step)
+        result = train_multiset(self.session, [pool.texts[i] for i in idx], train, config.finetune, on_step)
         timings["finetune"] = time.perf_counter() - t0
         report.steps, report.passes, report.losses = result.steps, result.passes, list(result.losses)
         if result.ok:
@@ -315,7 +363,7 @@ class TestTimeAdapter:
         try:
             yield report
         finally:
-            if self.config.mode == "per_query":
+            if report.mode == "per_query":
                 self.session.reset()
 
     def score(self, texts: list[str], **kwargs: Any) -> BPBResult:

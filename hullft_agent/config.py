@@ -41,7 +41,7 @@ class StrictConfig(BaseModel):
     so an object holding a config can trust it for its whole life.
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ModelConfig(StrictConfig):
@@ -117,3 +117,39 @@ class AdapterConfig(StrictConfig):
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return None if value is None else Path(value).expanduser()
+
+
+class AdaptOverrides(StrictConfig):
+    """Per-call changes to an `AdapterConfig` (None keeps the adapter's own setting).
+
+    `TestTimeAdapter.adapt(context, overrides=...)` applies them to that call only; the adapter's
+    configuration itself never changes.
+    """
+
+    method: SelectionMethod | None = None
+    n: int | None = Field(None, ge=1, description="N: size of the finetuning multiset")
+    k: int | None = Field(None, ge=1, description="K: candidate pool size")
+    lr: float | None = Field(None, gt=0)
+    refresh_interval: int | None = Field(None, ge=1, description="r: fresh gradient every r repeats")
+    mode: AdaptMode | None = None
+    same_task_only: bool | None = None
+    incremental: bool | None = None
+    finetune: FinetuneConfig | None = Field(
+        None, description="the training stage for this call; its method must be the session's, and the LoRA shape stays "
+        "the one the session was built with"
+    )
+
+    def apply(self, config: AdapterConfig) -> AdapterConfig:
+        """`config` with these overrides applied (the same object when there are none)."""
+        given = self.model_dump(exclude_none=True)
+        if not given:
+            return config
+        selection = {name: given[key] for key, name in (("method", "method"), ("n", "n"), ("k", "k")) if key in given}
+        finetune = {name: given[name] for name in ("lr", "refresh_interval") if name in given}
+        top = {name: given[name] for name in ("mode", "same_task_only", "incremental") if name in given}
+        stage = self.finetune if self.finetune is not None else config.finetune
+        return config.model_copy(update={
+            "selection": config.selection.model_copy(update=selection),
+            "finetune": stage.model_copy(update=finetune),
+            **top,
+        })

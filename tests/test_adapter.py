@@ -7,10 +7,11 @@ import hashlib
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
 from hullft_agent.adapter import TestTimeAdapter
 from hullft_agent.candidates import CandidatePool, InMemoryCandidates
-from hullft_agent.config import AdapterConfig, FinetuneConfig, LoRAConfig, SelectionConfig
+from hullft_agent.config import AdapterConfig, AdaptOverrides, FinetuneConfig, LoRAConfig, SelectionConfig
 
 
 class HashEmbedder:
@@ -129,9 +130,7 @@ def test_method_none_skips(tiny_model, tiny_tokenizer):
 
 
 def test_per_task_keeps_and_swaps_adapters(tiny_model, tiny_tokenizer, tmp_path):
-    config = make_config()
-    config.mode = "per_task"
-    config.adapter_dir = tmp_path
+    config = make_config().model_copy(update={"mode": "per_task", "adapter_dir": tmp_path})
     adapter = make_adapter(tiny_model, tiny_tokenizer, config=config)
     base = logits(adapter)
     adapter.adapt("cook the potato", task="game-a")
@@ -251,8 +250,7 @@ class TestInMemoryCandidates:
 
 
 def test_per_task_non_finite_loss_keeps_the_tasks_earlier_adaptation(tiny_model, tiny_tokenizer):
-    config = make_config()
-    config.mode = "per_task"
+    config = make_config().model_copy(update={"mode": "per_task"})
     adapter = make_adapter(tiny_model, tiny_tokenizer, config=config)
     adapter.adapt("cook the potato", task="game-a")
     trained = logits(adapter)
@@ -271,20 +269,43 @@ def test_on_step_reports_every_training_step(tiny_model, tiny_tokenizer):
 
 
 def test_reset_in_per_task_mode_keeps_the_task_adapter(tiny_model, tiny_tokenizer):
-    config = make_config()
-    config.mode = "per_task"
+    config = make_config().model_copy(update={"mode": "per_task"})
     adapter = make_adapter(tiny_model, tiny_tokenizer, config=config)
     base = logits(adapter)
     adapter.adapt("cook the potato", task="game-a")
     trained = logits(adapter)
     adapter.reset()
     assert torch.equal(base, logits(adapter))
-    adapter.config.selection.method = "none"  # activate the task without training
-    adapter.adapt("cook the potato", task="game-a")
+    adapter.adapt("cook the potato", task="game-a", overrides={"method": "none"})  # activate without training
     assert torch.equal(trained, logits(adapter))
     adapter.forget_tasks()
-    adapter.adapt("cook the potato", task="game-a")
+    adapter.adapt("cook the potato", task="game-a", overrides={"method": "none"})
     assert torch.equal(base, logits(adapter))
+    assert adapter.config.selection.method == "hullft"  # overrides never change the adapter's own config
+
+
+def test_a_config_is_frozen_and_overrides_reach_only_their_call(tiny_model, tiny_tokenizer):
+    adapter = make_adapter(tiny_model, tiny_tokenizer)
+    with pytest.raises(ValidationError):
+        adapter.config.selection.n = 2
+    with pytest.raises(AttributeError):
+        adapter.config = make_config()
+    report = adapter.adapt("cook the potato", overrides=AdaptOverrides(n=2, method="knn"))
+    assert (report.n, report.method, sum(report.counts)) == (2, "knn", 2)
+    report = adapter.adapt("cook the potato")
+    assert (report.n, report.method, sum(report.counts)) == (4, "hullft", 4)
+    with pytest.raises(ValidationError):
+        adapter.adapt("cook the potato", overrides={"n": 0})
+    with pytest.raises(ValueError, match="session trains 'lora'"):
+        adapter.adapt("cook the potato", overrides={"finetune": FinetuneConfig(method="full")})
+
+
+def test_a_per_call_source_replaces_the_adapters_for_that_call(tiny_model, tiny_tokenizer):
+    adapter = make_adapter(tiny_model, tiny_tokenizer)
+    other = InMemoryCandidates(["slice the carrot", "dice the carrot"], embedder=HashEmbedder(), ids=["x", "y"])
+    report = adapter.adapt("cook the potato", source=other)
+    assert set(report.selected_ids) <= {"x", "y"} and report.pool_size == 2
+    assert adapter.adapt("cook the potato").pool_size == 6
 
 
 def test_in_memory_candidates_can_exclude_a_task():
@@ -295,10 +316,7 @@ def test_in_memory_candidates_can_exclude_a_task():
 
 
 def incremental_config(**selection) -> AdapterConfig:
-    config = make_config(**selection)
-    config.mode = "per_task"
-    config.incremental = True
-    return config
+    return make_config(**selection).model_copy(update={"mode": "per_task", "incremental": True})
 
 
 def test_per_task_incremental_trains_only_what_the_task_adapter_lacks(tiny_model, tiny_tokenizer):
@@ -325,15 +343,13 @@ def test_incremental_ledgers_are_per_task_and_per_query_ignores_them(tiny_model,
     adapter.adapt("cook the potato", task="game-a")
     report_b = adapter.adapt("cook the potato", task="game-b")
     assert report_b.steps == 4 and report_b.trained_counts == report_b.counts  # game-b has its own ledger
-    adapter.config.mode = "per_query"
     for _ in range(2):
-        report = adapter.adapt("cook the potato", task="game-a")
+        report = adapter.adapt("cook the potato", task="game-a", overrides={"mode": "per_query"})
         assert report.steps == 4 and report.trained_counts == report.counts and report.task_steps == 0
 
 
 def test_incremental_ledger_is_saved_with_the_task_adapter(tiny_model, tiny_tokenizer, tmp_path):
-    config = incremental_config()
-    config.adapter_dir = tmp_path
+    config = incremental_config().model_copy(update={"adapter_dir": tmp_path})
     adapter = make_adapter(tiny_model, tiny_tokenizer, config=config)
     adapter.adapt("cook the potato", task="game-a")
     adapter.save_tasks()

@@ -191,6 +191,5 @@ def test_adapter_takes_the_memory_as_its_source(tmp_path, tiny_model, tiny_token
     assert report.pool_size == 2  # the current episode's 4 rows are excluded: only garden-1 remains
     assert set(report.selected_ids) <= set(mem.candidates(context="x", k=10, exclude_episode="cook-1").ids)
     assert report.steps > 0 and not report.skipped
-    adapter.source = TrajectoryMemory.open(tmp_path / "empty", embedder=emb)
-    report = adapter.adapt("open fridge")
+    report = adapter.adapt("open fridge", source=TrajectoryMemory.open(tmp_path / "empty", embedder=emb))
     assert report.skipped and "no candidates" in report.skip_reason

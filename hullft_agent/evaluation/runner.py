@@ -34,7 +34,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from hullft_agent.candidates import CandidatePool, CandidateSource, InMemoryCandidates
-from hullft_agent.config import AdapterConfig, FinetuneConfig, StrictConfig
+from hullft_agent.config import AdapterConfig, AdaptOverrides, FinetuneConfig, SelectionConfig, StrictConfig
 from hullft_agent.errors import LeakageError, NoUnitsError
 from hullft_agent.evaluation.report import (
     BASE,
@@ -389,7 +389,6 @@ class JobRunner:
         self.model_info = _model_description(base_model)
         self._model, self._tokenizer = base_model, tokenizer
         self._adapter = adapter
-        self._previous: tuple[Any, Any] | None = None  # a caller's adapter: its source and config, restored
         self._open = False
         self._vectors: dict[int, np.ndarray] = {}
         self._embed_time = 0.0
@@ -421,18 +420,15 @@ class JobRunner:
             adapter.forget_tasks()  # a new (method, N) sequence starts every task from the base model
             self._sequence = (method, n)
         return _run_job(adapter, self.guard, self.units[i], self._vectors.get(i), self._embed_time, method, n,
-                        self.config)
+                        self.config, self.finetune)
 
     def close(self) -> None:
-        """Drop the per_task adapters, give a caller's adapter its source and config back, reset."""
+        """Drop the per_task adapters and return the model to its base state."""
         if not self._open:
             return
         adapter = self._adapter
         if self.config.mode == "per_task":
             adapter.forget_tasks()
-        if self._previous is not None:
-            adapter.source, adapter.config = self._previous
-            self._previous = None
         adapter.reset()
         self._open, self._sequence = False, None
 
@@ -441,9 +437,9 @@ class JobRunner:
             return self._adapter
         from hullft_agent.adapter import TestTimeAdapter
 
-        adapter_config = AdapterConfig(finetune=self.finetune, mode=self.config.mode)
-        adapter_config.selection.k = self.config.k
         if self._adapter is None:
+            adapter_config = AdapterConfig(finetune=self.finetune, mode=self.config.mode,
+                                           selection=SelectionConfig(k=self.config.k))
             import torch
 
             # LoRA's A matrices start random: seed them (without touching the caller's RNG) so a resumed run
@@ -454,9 +450,7 @@ class JobRunner:
                 self._adapter = TestTimeAdapter(self._model, self._tokenizer, embedder=self.embedder,
                                                 source=self.guard, config=adapter_config)
         else:
-            self._previous = (self._adapter.source, self._adapter.config)
-            self._adapter.source, self._adapter.config = self.guard, adapter_config
-            self._adapter.reset()
+            self._adapter.reset()  # a caller's adapter: every call passes the guard and the run's settings
         self._open = True
         return self._adapter
 
@@ -655,6 +649,7 @@ def _run_job(
     method: str,
     n: int,
     config: EvalConfig,
+    finetune: FinetuneConfig,
 ) -> dict[str, Any]:
     spec = METHODS[method]
     times = {"embed": 0.0, "retrieve": 0.0, "select": 0.0, "finetune": 0.0, "score": 0.0}
@@ -666,12 +661,12 @@ def _run_job(
             scored = adapter.score([unit.text], **score_kwargs)
         times["score"] = time.perf_counter() - t0
     else:
-        adapter.config.selection.method = spec.selection
-        adapter.config.selection.n = n
-        adapter.config.finetune.refresh_interval = spec.refresh_interval
+        finetune = finetune.model_copy(update={"refresh_interval": spec.refresh_interval})
+        overrides = AdaptOverrides(method=spec.selection, n=n, k=config.k, mode=config.mode, finetune=finetune)
         task_key = unit.task if config.mode == "per_query" else f"{method}|{n}|{task_group(unit)}"
         guard.begin(unit)
-        report = adapter.adapt(unit.query, task=task_key, episode_id=unit.episode, query_vector=vector)
+        report = adapter.adapt(unit.query, task=task_key, episode_id=unit.episode, query_vector=vector,
+                               source=guard, overrides=overrides)
         guard.check_selected(report.selected_ids)
         times["embed"] = embed_time
         for key in ("retrieve", "select", "finetune"):
