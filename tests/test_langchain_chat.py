@@ -24,9 +24,10 @@ from langchain_core.messages import (
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_hullft import ChatHullFT, ContextOverflowError, UnsupportedMessageError, get_adaptation_report
-from langchain_hullft._generation import StopStringFilter
-from langchain_hullft._messages import fallback_conversations
 from test_langchain_helpers import TOKENIZER, adapter_config, make_chat, make_memory
+
+from hullft_agent.runtime.generation import StopStringFilter
+from hullft_agent.runtime.prompt import fallback_conversations
 
 QUESTION = "take the potato from the fridge"
 

@@ -42,9 +42,7 @@ def adapter_config(**overrides: Any) -> AdapterConfig:
         finetune=FinetuneConfig(lr=0.05, max_length=32, lora=LoRAConfig(r=4, alpha=8)),
         same_task_only=True,
     )
-    for name, value in overrides.items():
-        setattr(config, name, value)
-    return config
+    return config.model_copy(update=overrides)
 
 
 def make_chat(memory: TrajectoryMemory | None, *, adapter: bool = True, config: AdapterConfig | None = None,

@@ -61,7 +61,7 @@ def count_adaptations(chat, monkeypatch) -> list[Any]:
 
     def spy(context, **kwargs):
         report = original(context, **kwargs)
-        calls.append((kwargs, report))
+        calls.append(({key: kwargs[key] for key in ("task", "episode_id")}, report))
         return report
 
     monkeypatch.setattr(chat.adapter, "adapt", spy)

@@ -17,7 +17,6 @@ import torch
 from conftest import build_tiny_model, build_tiny_tokenizer
 from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_hullft import ChatHullFT, get_adaptation_report, match_answer
-from langchain_hullft import chat_models as chat_module
 from langchain_hullft._messages import to_conversation
 from langchain_hullft.textworld_agent import AgentConfig, AgentInterrupted, TextWorldAgent
 from langchain_hullft.textworld_compare import CompareConfig, run_comparison, summary_text
@@ -30,6 +29,8 @@ from hullft_agent.envs.textworld import generate_games, log_episodes, play_episo
 from hullft_agent.memory import TrajectoryMemory
 from hullft_agent.memory.testing import HashingEmbedder
 from hullft_agent.models import LoadedModel
+from hullft_agent.runtime import engine as engine_module
+from hullft_agent.runtime.prompt import prompt_ids
 
 SETTINGS = CompareConfig().cooking().model_copy(update={"max_steps": 40})  # the demo's game settings
 TOKENIZER = build_tiny_tokenizer()
@@ -96,7 +97,7 @@ CHOICES = ["open fridge", "take knife from table", "go north", "examine cookbook
 def test_choose_picks_the_most_likely_command_as_a_direct_computation_does(scoring):
     chat = make_chat(None)
     result = chat.choose(MESSAGES, CHOICES, scoring=scoring, log=False)
-    prompt = chat.prompt_ids(to_conversation(MESSAGES))
+    prompt = prompt_ids(chat.runtime().tokenizer, to_conversation(MESSAGES))
     eos = TOKENIZER.eos_token_id
     direct = [direct_logprobs(chat.llm, prompt, TOKENIZER(c, add_special_tokens=False)["input_ids"] + [eos])
               for c in CHOICES]
@@ -255,7 +256,7 @@ def test_keyboard_interrupt_logs_finished_steps_and_the_next_run_starts_cleanly(
     probe = torch.tensor([TOKENIZER("open fridge")["input_ids"]])
     with torch.no_grad():
         base = chat.adapter.model(probe).logits
-    real = chat_module.score_continuations
+    real = engine_module.score_continuations
     calls = {"n": 0}
 
     def interrupt_third(*args, **kwargs):
@@ -264,7 +265,7 @@ def test_keyboard_interrupt_logs_finished_steps_and_the_next_run_starts_cleanly(
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(chat_module, "score_continuations", interrupt_third)
+    monkeypatch.setattr(engine_module, "score_continuations", interrupt_third)
     agent = TextWorldAgent(chat, AgentConfig(max_steps=6, history=1))
     with pytest.raises(AgentInterrupted) as info:
         agent.play(test_game)
@@ -276,7 +277,7 @@ def test_keyboard_interrupt_logs_finished_steps_and_the_next_run_starts_cleanly(
     assert lock_is_free(chat.lock)  # the model lock was released
     with torch.no_grad():
         assert torch.equal(base, chat.adapter.model(probe).logits)  # the interrupted adaptation was undone
-    monkeypatch.setattr(chat_module, "score_continuations", real)
+    monkeypatch.setattr(engine_module, "score_continuations", real)
     again = agent.play(test_game)
     assert again.outcome == "max_steps" and again.episode_id != partial.episode_id
     assert len(episode_rows(memory, again.episode_id)) == 13

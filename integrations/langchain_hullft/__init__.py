@@ -7,8 +7,8 @@
 """
 
 from hullft_agent.errors import ContextOverflowError, UnsupportedMessageError
-from langchain_hullft._choice import DEFAULT_SCORING, ChoiceResult, match_answer
-from langchain_hullft._runtime import DEFAULT_MEMORY_KINDS, get_adaptation_report
+from hullft_agent.runtime import DEFAULT_MEMORY_KINDS, DEFAULT_SCORING, ChoiceResult, match_answer
+from langchain_hullft._runtime import get_adaptation_report
 from langchain_hullft.chat_models import ADAPTATION_FIELDS, CallOptions, ChatHullFT
 
 __all__ = [

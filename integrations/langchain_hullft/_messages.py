@@ -20,9 +20,7 @@ from langchain_core.messages import (
 )
 
 from hullft_agent.errors import UnsupportedMessageError
-
-#: Roles a rendered conversation uses (the names Hugging Face chat templates expect).
-SYSTEM, USER, ASSISTANT, TOOL = "system", "user", "assistant", "tool"
+from hullft_agent.runtime.prompt import ASSISTANT, SYSTEM, TOOL, USER
 
 _CHAT_ROLES = {
     "system": SYSTEM,
@@ -126,41 +124,6 @@ def message_role(message: Any, *, where: str = "message") -> str:
         f"{where}: unsupported message type {type(message).__name__}; expected SystemMessage, "
         "HumanMessage, AIMessage, ToolMessage or ChatMessage"
     )
-
-
-def fallback_conversations(conversation: list[dict[str, str]]) -> list[list[dict[str, str]]]:
-    """Progressively plainer variants for chat templates that refuse some roles.
-
-    1. as given; 2. tool turns rendered as user turns; 3. additionally the system prompt folded into
-    the first user turn and consecutive same-role turns merged (strict user/assistant alternation).
-    """
-    variants = [conversation]
-    no_tool = [{"role": USER if m["role"] == TOOL else m["role"], "content": m["content"]} for m in conversation]
-    if no_tool != conversation:
-        variants.append(no_tool)
-    system = "\n\n".join(m["content"] for m in no_tool if m["role"] == SYSTEM)
-    rest = [m for m in no_tool if m["role"] != SYSTEM]
-    merged: list[dict[str, str]] = []
-    for m in rest:
-        if merged and merged[-1]["role"] == m["role"]:
-            merged[-1] = {"role": m["role"], "content": merged[-1]["content"] + "\n\n" + m["content"]}
-        else:
-            merged.append(dict(m))
-    if system:
-        if merged and merged[0]["role"] == USER:
-            merged[0] = {"role": USER, "content": system + "\n\n" + merged[0]["content"]}
-        else:
-            merged.insert(0, {"role": USER, "content": system})
-    if merged and merged not in variants:
-        variants.append(merged)
-    return variants
-
-
-def plain_prompt(conversation: list[dict[str, str]]) -> str:
-    """A prompt for tokenizers without a chat template: `Role: text` lines, ending in `Assistant:`."""
-    names = {SYSTEM: "System", USER: "User", ASSISTANT: "Assistant", TOOL: "Tool"}
-    lines = [f"{names.get(m['role'], m['role'].title())}: {m['content']}" for m in conversation]
-    return "\n".join(lines) + "\nAssistant:"
 
 
 def adaptation_context(messages: Sequence[BaseMessage], last: int) -> str:

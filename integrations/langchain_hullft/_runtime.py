@@ -1,9 +1,7 @@
-"""Shared plumbing: per-model locks, call keys from a runnable config, memory steps, report helpers."""
+"""LangChain plumbing: call keys from a runnable config, memory steps of messages, the report of an answer."""
 
 from __future__ import annotations
 
-import threading
-import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -12,20 +10,10 @@ from langchain_core.messages import AIMessage, BaseMessage
 from hullft_agent.adapter import AdaptationReport
 from langchain_hullft._messages import (
     ASSISTANT,
-    TOOL,
-    USER,
     content_text,
     message_role,
     render_tool_calls,
 )
-
-#: Where a memory step's kind comes from: the role of the message (or 'tool_call' for each call).
-DEFAULT_MEMORY_KINDS: dict[str, str] = {
-    USER: "observation",
-    TOOL: "result",
-    ASSISTANT: "action",
-    "tool_call": "tool",
-}
 
 #: Keys read from a runnable config's `configurable`, then its `metadata` (first hit wins per field).
 CONFIG_KEYS: dict[str, tuple[str, ...]] = {
@@ -33,34 +21,6 @@ CONFIG_KEYS: dict[str, tuple[str, ...]] = {
     "task": ("hullft_task", "task"),
     "episode_id": ("hullft_episode_id", "episode_id", "thread_id"),
 }
-
-_LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
-_FALLBACK_LOCKS: dict[int, threading.RLock] = {}
-_GUARD = threading.Lock()
-
-
-def _base_module(obj: Any) -> Any:
-    get_base = getattr(obj, "get_base_model", None)
-    if callable(get_base) and type(obj).__name__.startswith("Peft"):
-        return get_base()
-    return obj
-
-
-def lock_for(obj: Any) -> threading.RLock:
-    """One re-entrant lock per underlying model (or memory) object, shared by every wrapper of it.
-
-    A peft-wrapped model and its base share a lock, so a ChatHullFT with an adapter and one without
-    it, built on the same weights, still never run at the same time.
-    """
-    key = _base_module(obj)
-    with _GUARD:
-        try:
-            lock = _LOCKS.get(key)
-            if lock is None:
-                lock = _LOCKS[key] = threading.RLock()
-        except TypeError:  # not weak-referenceable: keep it for the life of the process
-            lock = _FALLBACK_LOCKS.setdefault(id(key), threading.RLock())
-        return lock
 
 
 def keys_from_config(config: Mapping[str, Any] | None) -> dict[str, str]:
@@ -112,11 +72,6 @@ def memory_steps(
                 metadata["tool_call_id"] = call["id"]
             steps.append({"kind": call_kind, "text": render_tool_calls([call]), "metadata": metadata})
     return steps
-
-
-def skipped_report(reason: str, *, method: str = "none", mode: str = "per_query", task: str | None = None,
-                   n: int = 0, k: int = 0) -> AdaptationReport:
-    return AdaptationReport(method=method, mode=mode, task=task, n=n, k=k, skipped=True, skip_reason=reason)
 
 
 def get_adaptation_report(message: Any) -> AdaptationReport | None:

@@ -10,21 +10,16 @@ other's adaptation.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import logging
-import math
 import queue
 import secrets
 import threading
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.base import LangSmithParams
@@ -33,41 +28,29 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import ConfigurableField, Runnable, RunnableConfig, ensure_config
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from hullft_agent.adapter import AdaptationReport
-from hullft_agent.config import PACKAGED_LLM, AdaptMode, SelectionMethod
-from hullft_agent.errors import ContextOverflowError
-from langchain_hullft._choice import (
-    DEFAULT_SCORING,
-    ChoiceResult,
-    Scoring,
-    Strategy,
-    check_choices,
-    match_answer,
-    rank_scores,
-)
-from langchain_hullft._generation import GenerationStats, SamplingParams, sample_tokens
-from langchain_hullft._messages import (
-    SYSTEM,
-    adaptation_context,
-    fallback_conversations,
-    plain_prompt,
-    to_conversation,
-    trailing_inputs,
-)
-from langchain_hullft._runtime import (
+from hullft_agent.config import PACKAGED_LLM, AdaptMode, AdaptOverrides, SelectionMethod
+from hullft_agent.runtime import (
     DEFAULT_MEMORY_KINDS,
-    keys_from_config,
-    lock_for,
-    memory_steps,
-    skipped_report,
+    DEFAULT_SCORING,
+    Call,
+    CallResult,
+    ChoiceResult,
+    Runtime,
 )
-from langchain_hullft._scoring import score_continuations
+from hullft_agent.runtime.choice import Scoring, Strategy
+from hullft_agent.runtime.engine import model_name_from_source
+from hullft_agent.runtime.generation import SamplingParams
+from langchain_hullft._messages import adaptation_context, to_conversation, trailing_inputs
+from langchain_hullft._runtime import keys_from_config, memory_steps
 
 logger = logging.getLogger(__name__)
 
 #: Adaptation settings that can be overridden per instance, per call (kwargs) or per chain
 #: (`configurable_adaptation()`); None keeps the adapter's own configuration.
 ADAPTATION_FIELDS = ("method", "n_select", "k", "refresh_interval", "lr", "mode")
+#: ChatHullFT's name of each adaptation setting → its `AdaptOverrides` name.
+_OVERRIDE_NAMES = {"method": "method", "n_select": "n", "k": "k", "refresh_interval": "refresh_interval", "lr": "lr",
+                   "mode": "mode"}
 #: Keyword arguments hosted chat models take that mean nothing for a local model; accepted and ignored.
 _IGNORED_INIT_KWARGS = ("api_key", "base_url", "max_retries", "organization")
 _BACKGROUND: set[asyncio.Future[Any]] = set()
@@ -95,44 +78,6 @@ class CallOptions(BaseModel):
     lr: float | None = Field(None, gt=0)
     mode: AdaptMode | None = None
     log_metadata: dict[str, Any] | None = None
-
-
-@dataclass
-class _Plan:
-    """Everything one call needs, resolved in the caller's thread before the model is touched."""
-
-    conversation: list[dict[str, str]]
-    context: str
-    inputs: list[BaseMessage]
-    options: CallOptions
-    sampling: SamplingParams
-    episode_id: str
-    task: str | None
-    namespace: str | None
-
-
-@dataclass
-class _Outcome:
-    text: str
-    report: AdaptationReport
-    stats: GenerationStats
-    prompt_tokens: int
-    dropped: int
-    timings: dict[str, float] = field(default_factory=dict)
-    logged_ids: list[str] = field(default_factory=list)
-    log_error: str | None = None
-    log_extra: dict[str, Any] = field(default_factory=dict)
-
-
-class _NamespacedSource:
-    """Scopes a TrajectoryMemory's candidates to one namespace for the duration of a call."""
-
-    def __init__(self, memory: Any, namespace: str) -> None:
-        self._memory = memory
-        self._namespace = namespace
-
-    def candidates(self, vector: Any, k: int, *, task: str | None = None, exclude_episode: str | None = None) -> Any:
-        return self._memory.candidates(vector, k, task=task, exclude_episode=exclude_episode, namespace=self._namespace)
 
 
 class ChatHullFT(BaseChatModel):
@@ -166,6 +111,8 @@ class ChatHullFT(BaseChatModel):
     tokenizer: Any = Field(default=None, exclude=True, repr=False)
     adapter: Any = Field(default=None, exclude=True, repr=False, description="TestTimeAdapter or None")
     memory: Any = Field(default=None, exclude=True, repr=False, description="TrajectoryMemory or None")
+    source: Any = Field(default=None, exclude=True, repr=False,
+                        description="candidate source of the adaptation (default: the adapter's own)")
     model_name: str = Field(default="", alias="model", description="name reported in metadata and traces")
 
     # generation
@@ -220,32 +167,29 @@ class ChatHullFT(BaseChatModel):
             if data.get("tokenizer") is None:
                 data["tokenizer"] = llm.tokenizer
             if not data.get("model_name") and not data.get("model"):
-                data["model_name"] = _name_from_source(llm.source)
+                data["model_name"] = model_name_from_source(llm.source)
         return data
 
     @model_validator(mode="after")
     def _check(self) -> ChatHullFT:
-        if self.adapter is not None:
-            for attr in ("adapt", "model", "tokenizer", "session", "config"):
-                if not hasattr(self.adapter, attr):
-                    raise TypeError(f"adapter must be a TestTimeAdapter, got {type(self.adapter).__name__}")
-            if self.llm is not None and _base_of(self.adapter.model) is not _base_of(self.llm):
-                raise ValueError(
-                    "llm and adapter wrap different models; pass the adapter alone (its model is used)"
-                )
-        elif self.llm is None:
+        if self.llm is None and self.adapter is None:
             raise ValueError("ChatHullFT needs llm= (a LoadedModel or a causal LM module) or adapter=")
-        if self.llm is not None and not callable(self.llm):
-            raise TypeError(f"llm must be a causal LM module or a LoadedModel, got {type(self.llm).__name__}")
-        if self._tok() is None:
-            raise ValueError("ChatHullFT needs the model's tokenizer: pass tokenizer= (or a LoadedModel)")
-        if self.memory is not None and not (hasattr(self.memory, "add") and hasattr(self.memory, "candidates")):
-            raise TypeError(f"memory must be a TrajectoryMemory, got {type(self.memory).__name__}")
+        runtime = self.runtime()  # validates the model, adapter, tokenizer and memory together
         if self.stop is not None and not all(isinstance(s, str) for s in self.stop):
             raise TypeError(f"stop must be a list of strings, got {self.stop!r}")
         if not self.model_name:
-            self.model_name = _name_of(self._lm())
+            self.model_name = runtime.name
         return self
+
+    def runtime(self) -> Runtime:
+        """The core runtime this model's calls go through (built from the current fields; cheap)."""
+        return Runtime(
+            self.llm, self.tokenizer, adapter=self.adapter, source=self.source,
+            memory=self.memory if self.log_exchanges else None,
+            name=self.model_name or None, max_context_tokens=self.max_context_tokens,
+            context_overflow=self.context_overflow, on_adapt_error=self.on_adapt_error,
+            memory_kinds=self.memory_kinds, log_source="langchain_hullft",
+        )
 
     @classmethod
     def from_pretrained(
@@ -276,7 +220,7 @@ class ChatHullFT(BaseChatModel):
             if embedder is None:
                 raise ValueError("adapting needs an embedder: pass embedder= or open the memory with one")
             adapter = TestTimeAdapter(loaded, embedder=embedder, source=memory, config=adapter_config or AdapterConfig())
-        kwargs.setdefault("model_name", _name_from_source(loaded.source))
+        kwargs.setdefault("model_name", model_name_from_source(loaded.source))
         if adapter is not None:
             return cls(adapter=adapter, memory=memory, **kwargs)
         return cls(llm=loaded, memory=memory, **kwargs)
@@ -343,15 +287,7 @@ class ChatHullFT(BaseChatModel):
     @property
     def lock(self) -> threading.RLock:
         """The lock every call on this model (and any other wrapper of the same weights) holds."""
-        return lock_for(self._lm())
-
-    def _lm(self) -> Any:
-        return self.adapter.model if self.adapter is not None else self.llm
-
-    def _tok(self) -> Any:
-        if self.tokenizer is not None:
-            return self.tokenizer
-        return getattr(self.adapter, "tokenizer", None)
+        return self.runtime().lock
 
     # The public entry points forward the runnable config's namespace/task/episode keys as call
     # options (BaseChatModel does not hand the config itself down to _generate/_stream).
@@ -373,7 +309,7 @@ class ChatHullFT(BaseChatModel):
 
     # ------------------------------------------------------------------ planning (no model state)
     def _plan(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any],
-              metadata: dict[str, Any] | None) -> _Plan:
+              metadata: dict[str, Any] | None) -> Call:
         model_override = kwargs.pop("model", None)
         if model_override is not None and model_override != self.model_name:
             raise ValueError(
@@ -388,9 +324,6 @@ class ChatHullFT(BaseChatModel):
             options = CallOptions(**kwargs)
         except Exception as exc:
             raise TypeError(f"invalid call options for ChatHullFT: {exc}") from exc
-        conversation = to_conversation(messages)
-        context = adaptation_context(messages, self.adapt_last_messages)
-        inputs = trailing_inputs(messages)
         keys = keys_from_config({"metadata": metadata}) if metadata else {}
         stops = list(stop) if stop is not None else list(self.stop or [])
         if not all(isinstance(s, str) for s in stops):
@@ -405,50 +338,30 @@ class ChatHullFT(BaseChatModel):
             stop=stops,
             time_limit=self.timeout,
         )
-        episode = options.episode_id or keys.get("episode_id") or f"chat-{uuid.uuid4().hex[:16]}"
-        return _Plan(
-            conversation=conversation,
-            context=context,
-            inputs=inputs,
-            options=options,
+        overrides = {}
+        for name in ADAPTATION_FIELDS:
+            value = getattr(options, name)
+            value = getattr(self, name) if value is None else value
+            if value is not None:
+                overrides[_OVERRIDE_NAMES[name]] = value
+        return Call(
+            conversation=to_conversation(messages),
+            context=adaptation_context(messages, self.adapt_last_messages),
             sampling=sampling,
-            episode_id=episode,
             task=options.task or keys.get("task") or self.task,
+            episode_id=options.episode_id or keys.get("episode_id") or f"chat-{uuid.uuid4().hex[:16]}",
             namespace=options.namespace or keys.get("namespace") or self.namespace,
+            adapt=options.adapt,
+            overrides=AdaptOverrides(**overrides) if overrides else None,
+            log=options.log,
+            log_inputs=memory_steps(trailing_inputs(messages), None, self.memory_kinds),
+            log_metadata=dict(options.log_metadata or {}),
         )
 
     # ------------------------------------------------------------------ prompt
     def context_limit(self) -> int | None:
         """Most tokens (prompt + answer) the model attends to; None when unknown."""
-        if self.max_context_tokens is not None:
-            return self.max_context_tokens
-        config = getattr(_base_of(self._lm()), "config", None)
-        for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-            value = getattr(config, name, None)
-            if isinstance(value, int) and value > 1:
-                return value
-        value = getattr(self._tok(), "model_max_length", None)
-        return value if isinstance(value, int) and 1 < value < 10**7 else None
-
-    def prompt_ids(self, conversation: list[dict[str, str]]) -> list[int]:
-        """Token ids of a rendered conversation, ready for the assistant's turn."""
-        tok = self._tok()
-        if getattr(tok, "chat_template", None):
-            errors = []
-            for variant in fallback_conversations(conversation):
-                try:
-                    text = tok.apply_chat_template(variant, tokenize=False, add_generation_prompt=True)
-                    break
-                except Exception as exc:  # templates raise their own error types
-                    errors.append(exc)
-            else:
-                raise ValueError(f"the tokenizer's chat template refused the conversation: {errors[-1]}") from errors[-1]
-            ids = tok(text, add_special_tokens=False)["input_ids"]
-        else:
-            ids = tok(plain_prompt(conversation))["input_ids"]
-        if not ids:
-            raise ValueError("the rendered prompt is empty")
-        return list(ids)
+        return self.runtime().context_limit()
 
     def fit_prompt(self, conversation: list[dict[str, str]], max_new: int) -> tuple[list[int], int]:
         """Prompt ids that fit the context, and how many of the oldest messages were dropped.
@@ -458,73 +371,7 @@ class ChatHullFT(BaseChatModel):
         `context_overflow='truncate_oldest'`; `ContextOverflowError` when it is 'error' or when the
         system prompt plus the last message alone do not fit.
         """
-        ids = self.prompt_ids(conversation)
-        limit = self.context_limit()
-        if limit is None:
-            return ids, 0
-        budget = limit - min(max_new, limit // 2)
-        if len(ids) <= budget:
-            return ids, 0
-        what = (f"{self.model_name} has a context of {limit} tokens, {limit - budget} of them reserved for the "
-                f"answer (max_tokens={max_new})")
-        if self.context_overflow == "error":
-            raise ContextOverflowError(
-                f"the prompt is {len(ids)} tokens but {what}; shorten the conversation, lower max_tokens, or "
-                "use context_overflow='truncate_oldest'"
-            )
-        conv = list(conversation)
-        dropped = 0
-        while len(ids) > budget:
-            idx = next((i for i, m in enumerate(conv[:-1]) if m["role"] != SYSTEM), None)
-            if idx is None:
-                raise ContextOverflowError(
-                    f"the prompt is {len(ids)} tokens even with only the system prompt and the last message "
-                    f"({dropped} older message(s) dropped) but {what}; shorten the last message or the system prompt"
-                )
-            del conv[idx]
-            dropped += 1
-            ids = self.prompt_ids(conv)
-        logger.info("dropped the %d oldest message(s) to fit the context of %d tokens", dropped, limit)
-        return ids, dropped
-
-    # ------------------------------------------------------------------ one call
-    def _execute(self, plan: _Plan, emit: Callable[[str], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> _Outcome:
-        """Adapt, generate and restore under the model lock; then log to memory."""
-
-        def generate(model: Any, ids: list[int], outcome: _Outcome) -> None:
-            for piece in sample_tokens(model, self._tok(), ids, plan.sampling, max_total=self.context_limit(),
-                                       stats=outcome.stats, should_stop=should_stop):
-                if emit is not None:
-                    emit(piece)
-            outcome.text = outcome.stats.text
-            outcome.timings["generate"] = outcome.stats.seconds
-
-        return self._run_call(plan, plan.sampling.max_new_tokens, generate)
-
-    def _run_call(self, plan: _Plan, reserve: int, act: Callable[[Any, list[int], _Outcome], None]) -> _Outcome:
-        """The path of every call: fit the prompt → adapt → `act` (generate or score) → restore → log.
-
-        Everything up to the restore runs under the model lock; `reserve` is the number of tokens
-        kept free for the answer when the prompt is fitted to the context.
-        """
-        with self.lock:
-            t0 = time.perf_counter()
-            ids, dropped = self.fit_prompt(plan.conversation, reserve)
-            timings = {"prompt": time.perf_counter() - t0}
-            with self._adapter_settings(plan) as mode:
-                report, use_base = self._adapt(plan, mode)
-                timings["adapt"] = report.timings.get("total", 0.0)
-                outcome = _Outcome(text="", report=report, stats=GenerationStats(), prompt_tokens=len(ids),
-                                   dropped=dropped, timings=timings)
-                try:
-                    with self._generation_model(use_base) as model:
-                        act(model, ids, outcome)
-                finally:
-                    if self.adapter is not None and mode == "per_query":
-                        self.adapter.reset()  # the next call (any thread) starts from the base model
-        self._log(plan, outcome)
-        return outcome
+        return self.runtime().fit_prompt(conversation, max_new)
 
     # ------------------------------------------------------------------ choosing among given answers
     def choose(
@@ -556,162 +403,18 @@ class ChatHullFT(BaseChatModel):
         What is logged to memory is the chosen text, as the AI's answer. Keyword arguments are the
         per-call options of `invoke` (`CallOptions`).
         """
-        options = check_choices(choices)
-        if strategy not in ("loglik", "generate"):
-            raise ValueError(f"strategy must be 'loglik' or 'generate', got {strategy!r}")
-        rank_scores([[0.0]], scoring)  # validates the rule before the model runs
-        if not (isinstance(choice_temperature, (int, float)) and math.isfinite(choice_temperature)
-                and choice_temperature >= 0):
-            raise ValueError(f"choice_temperature must be a finite number >= 0, got {choice_temperature!r}")
         messages = self._convert_input(input).to_messages()
         stops = stop if stop is not None else (["\n"] if strategy == "generate" else None)
-        plan = self._plan(messages, stops, _with_config_keys(config, kwargs), None)
-        tok = self._tok()
-        end = [int(tok.eos_token_id)] if getattr(tok, "eos_token_id", None) is not None else []
-        encoded = []
-        for i, choice in enumerate(options):
-            ids = list(tok(choice, add_special_tokens=False)["input_ids"])
-            if not ids:
-                raise ValueError(f"choices[{i}] {choice!r} encodes to no tokens")
-            encoded.append(ids + end)
-        reserve = max(len(c) for c in encoded)
-        if strategy == "generate":
-            reserve = max(reserve, plan.sampling.max_new_tokens)
-        picked: dict[str, Any] = {}
-
-        def score(model: Any, ids: list[int], outcome: _Outcome) -> None:
-            t0 = time.perf_counter()
-            token_logprobs = score_continuations(model, ids, encoded)
-            outcome.timings["score"] = time.perf_counter() - t0
-            ranked = rank_scores(token_logprobs, scoring)
-            best = max(range(len(options)), key=ranked.__getitem__)
-            index, generated, no_match = best, None, None
-            if strategy == "loglik" and choice_temperature > 0:
-                weights = torch.softmax(torch.tensor(ranked, dtype=torch.float64) / choice_temperature, dim=0)
-                draw = torch.Generator().manual_seed(plan.sampling.seed)
-                index = int(torch.multinomial(weights, 1, generator=draw).item())
-            if strategy == "generate":
-                for _ in sample_tokens(model, tok, ids, plan.sampling, max_total=self.context_limit(),
-                                       stats=outcome.stats):
-                    pass
-                outcome.timings["generate"] = outcome.stats.seconds
-                generated = outcome.stats.text
-                matched = match_answer(generated, options)
-                if matched is None:
-                    no_match = (f"the answer {generated.strip()!r:.80} names none of the {len(options)} choices; "
-                                f"took the best-scored one, {options[best]!r}")
-                    logger.warning("choose: %s", no_match)
-                else:
-                    index = matched
-            outcome.text = options[index]
-            outcome.stats.output_tokens = len(encoded[index])
-            outcome.stats.finish_reason = "stop"
-            picked.update(index=index, scores=ranked, token_logprobs=token_logprobs, generated=generated,
-                          no_match=no_match)
-            outcome.log_extra = {"chosen_by": strategy if no_match is None else "fallback",
-                                 "choice_index": index, "n_choices": len(options)}
-
-        outcome = self._run_call(plan, reserve, score)
-        result = ChoiceResult(
-            text=outcome.text, index=picked["index"], choices=options, scores=picked["scores"],
-            token_logprobs=picked["token_logprobs"], end_token=bool(end), scoring=scoring, strategy=strategy,
-            temperature=float(choice_temperature),
-            generated=picked["generated"], matched=None if strategy == "loglik" else picked["no_match"] is None,
-            no_match=picked["no_match"], report=outcome.report,
-        )
-        metadata = self._metadata(plan, outcome)
+        call = self._plan(messages, stops, _with_config_keys(config, kwargs), None)
+        result = self.runtime().choose(call, choices, strategy=strategy, scoring=scoring,
+                                       temperature=choice_temperature)
+        metadata = self._metadata(call, result.call)
         metadata["choice"] = result.summary()
-        result.message = AIMessage(content=outcome.text, usage_metadata=self._usage(outcome),
-                                   response_metadata=metadata)
+        result.message = AIMessage(content=result.text, usage_metadata=result.call.usage(), response_metadata=metadata)
         return result
 
-    @contextlib.contextmanager
-    def _adapter_settings(self, plan: _Plan) -> Iterator[str]:
-        """Apply this call's adaptation overrides to the adapter, and undo them afterwards."""
-        adapter = self.adapter
-        if adapter is None:
-            yield self.mode or "per_query"
-            return
-        original_config, original_source = adapter.config, adapter.source
-        config = original_config.model_copy(deep=True)
-        for name in ADAPTATION_FIELDS:
-            value = getattr(plan.options, name)
-            value = getattr(self, name) if value is None else value
-            if value is None:
-                continue
-            if name == "method":
-                config.selection.method = value
-            elif name == "n_select":
-                config.selection.n = value
-            elif name == "k":
-                config.selection.k = value
-            elif name == "refresh_interval":
-                config.finetune.refresh_interval = value
-            elif name == "lr":
-                config.finetune.lr = value
-            else:
-                config.mode = value
-        adapter.config = config
-        if plan.namespace is not None and original_source is self.memory and self.memory is not None:
-            adapter.source = _NamespacedSource(self.memory, plan.namespace)
-        try:
-            yield config.mode
-        finally:
-            adapter.config, adapter.source = original_config, original_source
-
-    def _adapt(self, plan: _Plan, mode: str) -> tuple[AdaptationReport, bool]:
-        """Run the adaptation; return its report and whether to answer with the base model."""
-        adapter = self.adapter
-        if adapter is None:
-            return skipped_report("no adapter: this ChatHullFT was created without a TestTimeAdapter"), True
-        sel = adapter.config.selection
-        common = {"method": sel.method, "mode": mode, "task": plan.task, "n": sel.n, "k": sel.k}
-        if not plan.options.adapt:
-            return skipped_report("adaptation turned off for this call (adapt=False)", **common), True
-        if not plan.context:
-            return skipped_report("empty adaptation context: the recent messages have no text", **common), True
-        if mode == "per_query":
-            adapter.save_tasks()  # keep what per_task calls trained, then start from the base model
-            adapter.reset()
-        try:
-            report = adapter.adapt(plan.context, task=plan.task, episode_id=plan.episode_id)
-        except Exception as exc:
-            if self.on_adapt_error == "raise":
-                raise
-            logger.warning("adaptation failed, answering with the unadapted model: %s", exc, exc_info=True)
-            report = skipped_report(f"adaptation failed: {type(exc).__name__}: {exc}", **common)
-        return report, False
-
-    @contextlib.contextmanager
-    def _generation_model(self, use_base: bool) -> Iterator[Any]:
-        if self.adapter is not None and use_base:
-            with self.adapter.session.disabled() as model:
-                yield model
-        else:
-            yield self._lm()
-
-    def _log(self, plan: _Plan, outcome: _Outcome) -> None:
-        if self.memory is None or not self.log_exchanges or not plan.options.log:
-            return
-        output = AIMessage(content=outcome.text)
-        extra = {**(plan.options.log_metadata or {}), "model": self.model_name, "adapted": outcome.report.adapted,
-                 "selected_ids": list(outcome.report.selected_ids), **outcome.log_extra}
-        steps = memory_steps(plan.inputs, output, self.memory_kinds, output_metadata=extra)
-        if not steps:
-            return
-        t0 = time.perf_counter()
-        try:
-            with lock_for(self.memory):
-                outcome.logged_ids = list(self.memory.add(
-                    steps, namespace=plan.namespace, episode_id=plan.episode_id, task=plan.task
-                ))
-        except Exception as exc:  # the answer stands; say why nothing was logged
-            logger.warning("could not log the exchange to memory: %s", exc, exc_info=True)
-            outcome.log_error = f"{type(exc).__name__}: {exc}"
-        outcome.timings["log"] = time.perf_counter() - t0
-
     # ------------------------------------------------------------------ results
-    def _metadata(self, plan: _Plan, outcome: _Outcome) -> dict[str, Any]:
+    def _metadata(self, plan: Call, outcome: CallResult) -> dict[str, Any]:
         hullft: dict[str, Any] = {
             "namespace": plan.namespace if plan.namespace is not None else getattr(self.memory, "namespace", None),
             "task": plan.task,
@@ -731,25 +434,20 @@ class ChatHullFT(BaseChatModel):
             "hullft": hullft,
         }
 
-    @staticmethod
-    def _usage(outcome: _Outcome) -> dict[str, int]:
-        out = outcome.stats.output_tokens
-        return {"input_tokens": outcome.prompt_tokens, "output_tokens": out, "total_tokens": outcome.prompt_tokens + out}
-
-    def _result(self, plan: _Plan, outcome: _Outcome) -> ChatResult:
+    def _result(self, plan: Call, outcome: CallResult) -> ChatResult:
         message = AIMessage(
             content=outcome.text,
-            usage_metadata=self._usage(outcome),
+            usage_metadata=outcome.usage(),
             response_metadata=self._metadata(plan, outcome),
         )
         return ChatResult(generations=[ChatGeneration(message=message)])
 
-    def _last_chunk(self, plan: _Plan, outcome: _Outcome) -> ChatGenerationChunk:
+    def _last_chunk(self, plan: Call, outcome: CallResult) -> ChatGenerationChunk:
         return ChatGenerationChunk(
             message=AIMessageChunk(
                 content="",
                 chunk_position="last",
-                usage_metadata=self._usage(outcome),
+                usage_metadata=outcome.usage(),
                 response_metadata=self._metadata(plan, outcome),
             )
         )
@@ -758,7 +456,7 @@ class ChatHullFT(BaseChatModel):
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         plan = self._plan(messages, stop, kwargs, getattr(run_manager, "metadata", None))
-        return self._result(plan, self._execute(plan))
+        return self._result(plan, self.runtime().generate(plan))
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
@@ -768,7 +466,7 @@ class ChatHullFT(BaseChatModel):
 
         def work() -> None:
             try:
-                outcome = self._execute(plan, lambda piece: items.put(("piece", piece)), cancel.is_set)
+                outcome = self.runtime().generate(plan, lambda piece: items.put(("piece", piece)), cancel.is_set)
                 items.put(("done", outcome))
             except BaseException as exc:  # handed to the consumer, re-raised there
                 items.put(("error", exc))
@@ -795,7 +493,7 @@ class ChatHullFT(BaseChatModel):
         plan = self._plan(messages, stop, kwargs, getattr(run_manager, "metadata", None))
         cancel = threading.Event()
         try:
-            outcome = await asyncio.to_thread(self._execute, plan, None, cancel.is_set)
+            outcome = await asyncio.to_thread(self.runtime().generate, plan, None, cancel.is_set)
         except asyncio.CancelledError:
             cancel.set()  # the worker stops at the next token and releases the model
             raise
@@ -817,7 +515,7 @@ class ChatHullFT(BaseChatModel):
 
         def work() -> None:
             try:
-                put(("done", self._execute(plan, lambda piece: put(("piece", piece)), cancel.is_set)))
+                put(("done", self.runtime().generate(plan, lambda piece: put(("piece", piece)), cancel.is_set)))
             except BaseException as exc:
                 put(("error", exc))
 
@@ -842,21 +540,3 @@ def _with_config_keys(config: RunnableConfig | None, kwargs: dict[str, Any]) -> 
     """kwargs plus namespace/task/episode_id found in the (ambient or given) runnable config."""
     keys = keys_from_config(ensure_config(config))
     return {**keys, **kwargs} if keys else kwargs
-
-
-def _base_of(model: Any) -> Any:
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) and type(model).__name__.startswith("Peft") else model
-
-
-def _name_of(model: Any) -> str:
-    config = getattr(_base_of(model), "config", None)
-    name = getattr(config, "name_or_path", None) or getattr(config, "_name_or_path", None)
-    if isinstance(name, str) and name.strip():
-        return Path(name).name or name
-    return type(_base_of(model)).__name__
-
-
-def _name_from_source(source: str) -> str:
-    head = str(source).split(" (", 1)[0].strip()
-    return Path(head).name or head or "local-model"

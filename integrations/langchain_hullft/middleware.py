@@ -23,8 +23,9 @@ from langgraph.types import Command
 from typing_extensions import NotRequired
 
 from hullft_agent.config import AdaptMode
+from hullft_agent.runtime import DEFAULT_MEMORY_KINDS, lock_for
 from langchain_hullft._messages import ASSISTANT, message_role
-from langchain_hullft._runtime import DEFAULT_MEMORY_KINDS, keys_from_config, lock_for, memory_steps
+from langchain_hullft._runtime import keys_from_config, memory_steps
 from langchain_hullft.chat_models import ChatHullFT
 
 logger = logging.getLogger(__name__)

@@ -33,8 +33,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from pydantic import Field
 
 from hullft_agent.config import StrictConfig
-from langchain_hullft._choice import DEFAULT_SCORING, Scoring, Strategy
-from langchain_hullft._runtime import lock_for
+from hullft_agent.runtime import DEFAULT_SCORING, Scoring, Strategy, lock_for
 from langchain_hullft.chat_models import ChatHullFT
 
 logger = logging.getLogger(__name__)

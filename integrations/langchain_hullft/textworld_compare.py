@@ -32,7 +32,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from hullft_agent.config import StrictConfig
-from langchain_hullft._choice import DEFAULT_SCORING, Scoring, Strategy
+from hullft_agent.runtime import DEFAULT_SCORING, Scoring, Strategy
 from langchain_hullft.textworld_agent import (
     AgentConfig,
     AgentInterrupted,
@@ -297,9 +297,8 @@ def run_comparison(
             memory = TrajectoryMemory.open(mode_dir, embedder=embedder, namespace=MEMORY_NAMESPACE)
             if adapter is None:
                 adapter = TestTimeAdapter(model, embedder=embedder, source=memory, config=adapter_config)
-            adapter.source = memory
             adapter.forget_tasks()
-            chat = ChatHullFT(adapter=adapter, memory=memory, temperature=0.0, seed=config.seed)
+            chat = ChatHullFT(adapter=adapter, memory=memory, source=memory, temperature=0.0, seed=config.seed)
             agent = TextWorldAgent(chat, config.agent(), n_select=config.n, k=config.k, **MODES[mode])
             episodes = result.episodes.setdefault(mode, [])
             for index, game in enumerate(games):

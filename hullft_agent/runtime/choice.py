@@ -1,6 +1,6 @@
 """Choosing one of a fixed set of answers: the result model, scoring rules and answer matching.
 
-`ChatHullFT.choose` scores every choice by the model's log-likelihood of its tokens (followed by
+`Runtime.choose` (and `ChatHullFT.choose` over it) scores every choice by the model's log-likelihood of its tokens (followed by
 the end-of-turn token) given the rendered prompt. `sum` ranks by the total log-probability, `mean`
 by the log-probability per token (length-normalised); `DEFAULT_SCORING` is the one measured best on
 TextWorld games (see benchmarks/RESULTS.md). With free generation the model writes an answer that
@@ -86,13 +86,13 @@ def match_answer(answer: str, choices: Sequence[str], cutoff: float = MATCH_CUTO
 
 
 class ChoiceResult(BaseModel):
-    """What `ChatHullFT.choose` chose and why.
+    """What `Runtime.choose` chose and why.
 
     `token_logprobs[i]` are the log-probabilities (nats) of choice i's tokens given the prompt,
     followed by the end-of-turn token's when `end_token` is true. `scores` rank the choices (the
     `scoring` rule); `index` is the chosen one (the best, or drawn at `temperature`). With `strategy='generate'`, `generated` is the
     model's own answer and `matched` says whether it named a choice (if not, `no_match` says so and
-    the best-scored choice was taken). `message` is the AIMessage a normal call would return (its
+    the best-scored choice was taken). `message` is what an integration returns for a normal call (LangChain: the AIMessage, its
     content is the chosen text; `response_metadata` holds the adaptation report and timings).
     """
 
@@ -111,6 +111,7 @@ class ChoiceResult(BaseModel):
     matched: bool | None = None
     no_match: str | None = Field(None, description="why the generated answer was not used, when it named no choice")
     report: AdaptationReport
+    call: Any = Field(None, exclude=True, repr=False, description="the runtime's CallResult of this call")
     message: Any = Field(None, exclude=True, repr=False)
 
     @property
@@ -126,4 +127,4 @@ class ChoiceResult(BaseModel):
 
     def summary(self) -> dict[str, Any]:
         """The choice without the report and message: what goes into response metadata and logs."""
-        return self.model_dump(mode="json", exclude={"report", "token_logprobs"})
+        return self.model_dump(mode="json", exclude={"report", "token_logprobs", "call", "message"})

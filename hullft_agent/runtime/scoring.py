@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from langchain_hullft._generation import cache_argument, model_device
+from hullft_agent.runtime.generation import cache_argument, model_device
 
 #: Packed continuation tokens per forward pass (bounds the mask, which is tokens x (prompt + tokens)).
 MAX_PACKED_TOKENS = 1024

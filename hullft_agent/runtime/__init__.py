@@ -1,0 +1,30 @@
+"""The core call path every integration and application uses: lock → adapt → act → restore → log."""
+
+from hullft_agent.runtime.choice import DEFAULT_SCORING, ChoiceResult, Scoring, Strategy, match_answer
+from hullft_agent.runtime.engine import (
+    DEFAULT_MEMORY_KINDS,
+    Call,
+    CallResult,
+    NamespacedSource,
+    Runtime,
+    skipped_report,
+)
+from hullft_agent.runtime.generation import GenerationStats, SamplingParams
+from hullft_agent.runtime.locks import lock_for
+
+__all__ = [
+    "DEFAULT_MEMORY_KINDS",
+    "DEFAULT_SCORING",
+    "Call",
+    "CallResult",
+    "ChoiceResult",
+    "GenerationStats",
+    "NamespacedSource",
+    "Runtime",
+    "SamplingParams",
+    "Scoring",
+    "Strategy",
+    "lock_for",
+    "match_answer",
+    "skipped_report",
+]
