@@ -25,7 +25,6 @@ from hullft_agent.config import AdapterConfig, AdaptOverrides
 from hullft_agent.files import write_json_atomic
 from hullft_agent.finetune import create_session, train_multiset
 from hullft_agent.metrics import BPBResult, score_texts
-from hullft_agent.selection import select_from_config
 
 logger = logging.getLogger(__name__)
 
@@ -329,7 +328,7 @@ class TestTimeAdapter:
             return
 
         t0 = time.perf_counter()
-        selection = select_from_config(sel, pool.vectors, q)
+        selection = sel.select(pool.vectors, q)
         timings["select"] = time.perf_counter() - t0
         idx = selection.indices
         report.selected_ids = [pool.ids[i] for i in idx]

@@ -94,7 +94,6 @@ def cmd_select(args: argparse.Namespace) -> int:
     """Print what the selector would choose from a pool for a query, without training."""
     from hullft_agent.adapter import AdaptationReport
     from hullft_agent.candidates import InMemoryCandidates
-    from hullft_agent.selection import select_from_config
 
     config = _adapter_config(args)
     ids, texts = read_pool(args.pool)
@@ -105,7 +104,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     if config.selection.method == "none":
         print("method 'none' selects nothing")
         return 0
-    selection = select_from_config(config.selection, pool.vectors, query)
+    selection = config.selection.select(pool.vectors, query)
     report = AdaptationReport(
         method=config.selection.method, mode="per_query", n=config.selection.n, k=config.selection.k,
         pool_size=len(pool),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -76,6 +76,17 @@ class SelectionConfig(StrictConfig):
     integer_passes: int = Field(2, ge=0, description="pairwise-move refinement passes of integerization")
     sift_lambda: float = Field(0.2, gt=0, description="SIFT noise level lambda")
 
+    def select(self, candidates: Any, query: Any) -> Any:
+        """`hullft_agent.selection.select` with this method, N and the method's parameters."""
+        from hullft_agent.selection import select
+
+        params: dict[str, Any] = {}
+        if self.method == "hullft":
+            params = {"max_iter": self.max_iter, "tol": self.tol, "passes": self.integer_passes}
+        elif self.method == "sift":
+            params = {"lam": self.sift_lambda}
+        return select(self.method, candidates, query, self.n, **params)
+
 
 class LoRAConfig(StrictConfig):
     """Low-rank adapter shape; defaults suit Llama-style models."""
@@ -96,6 +107,11 @@ class FinetuneConfig(StrictConfig):
     refresh_interval: int = Field(2, ge=1, description="r: fresh gradient every r repeats (1 = plain training)")
     max_length: int = Field(256, ge=2, description="sequences are truncated to this many tokens")
     pad_to: int | None = Field(None, ge=2, description="pad every sequence to this length (published: 1024)")
+    mask_prompt: bool = Field(
+        True,
+        description="prompt/answer instances (decision rows): the loss counts only the answer and its end token; "
+        "False puts it on every token (the whole-sequence baseline). Plain texts always use every token",
+    )
     seed: int | None = 0
 
 

@@ -158,7 +158,7 @@ def test_reported_loss_is_the_mean_nll_of_the_answer_tokens(tiny_model, tiny_tok
         every_token = _answer_nll(tiny_model, ids, 1).item()
     assert abs(answer_only - every_token) > 1e-3  # the mask must make a measurable difference
     session = LoRASession(tiny_model, tiny_tokenizer, LoRAConfig())
-    result = train_multiset(session, [completion], [1], _cfg(), mask_prompt=mask_prompt)
+    result = train_multiset(session, [completion], [1], _cfg(mask_prompt=mask_prompt))
     assert result.ok and result.tokens == len(ids)
     if mask_prompt:
         assert result.losses[0] == pytest.approx(answer_only, rel=1e-5)

@@ -13,7 +13,6 @@ from hullft_agent.selection import (
     integerize,
     knn,
     select,
-    select_from_config,
     sift,
 )
 
@@ -372,17 +371,17 @@ def test_select_hullft_diagnostics_and_weights():
     assert d["integer_residual_norm"] == pytest.approx(np.sqrt(loss(X, q, sel.indices, sel.counts, 20)))
 
 
-def test_select_from_config():
+def test_a_selection_config_selects_with_its_method_and_parameters():
     rng = np.random.default_rng(22)
     X = clustered(rng, 60, 16)
     q = clustered(rng, 1, 16)[0]
     for method in ("hullft", "knn", "sift"):
-        sel = select_from_config(SelectionConfig(method=method, n=9), X, q)
+        sel = SelectionConfig(method=method, n=9).select(X, q)
         assert sel.method == method and sel.n == 9
-    sel = select_from_config(SelectionConfig(method="sift", n=9, sift_lambda=0.05), X, q)
+    sel = SelectionConfig(method="sift", n=9, sift_lambda=0.05).select(X, q)
     assert sel.diagnostics["lam"] == 0.05
     with pytest.raises(ValueError, match="none"):
-        select_from_config(SelectionConfig(method="none"), X, q)
+        SelectionConfig(method="none").select(X, q)
 
 
 def _good():

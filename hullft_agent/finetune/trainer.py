@@ -222,13 +222,11 @@ def train_multiset(
     counts: Sequence[int],
     config: FinetuneConfig | None = None,
     on_step: Callable[[int], None] | None = None,
-    *,
-    mask_prompt: bool = True,
 ) -> TrainResult:
     """Train `session` on the multiset {texts[i] x counts[i]} in the given order.
 
     Each instance is a text (loss on every token) or a `Completion` (loss on its answer, or on
-    every token with `mask_prompt=False`); the two can be mixed.
+    every token with `config.mask_prompt=False`); the two can be mixed.
 
     One Adam step per instance (sum(counts) steps), a fresh forward+backward on repeats 0, r, 2r, ...
     of each sequence and the cached gradient on the others (sum(ceil(J / r)) passes). A count of 0
@@ -251,7 +249,7 @@ def train_multiset(
             continue
         if text not in encoded:
             enc = encode_for_training(
-                session.tokenizer, text, config.max_length, config.pad_to, mask_prompt=mask_prompt
+                session.tokenizer, text, config.max_length, config.pad_to, mask_prompt=config.mask_prompt
             )
             n_real = int(enc["attention_mask"].sum())
             n_loss = int((enc["labels"][0, 1:] != -100).sum())  # the model shifts labels by one

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from hullft_agent.config import SelectionConfig
 from hullft_agent.selection.frank_wolfe import FWResult, _frank_wolfe, check_fw_params, frank_wolfe
 from hullft_agent.selection.integerize import _integerize, check_passes, integerize
 from hullft_agent.selection.knn import knn
@@ -31,7 +30,6 @@ __all__ = [
     "integerize",
     "knn",
     "select",
-    "select_from_config",
     "sift",
 ]
 
@@ -103,16 +101,3 @@ def select(method: str, candidates: np.ndarray, query: np.ndarray, n: int, **par
     if method == "knn":
         return knn(candidates, query, n)
     return sift(candidates, query, n, **params)
-
-
-def select_from_config(config: SelectionConfig, candidates: np.ndarray, query: np.ndarray) -> Selection:
-    """`select` with the method and parameters of a `SelectionConfig` (n, max_iter, tol, integer_passes,
-    sift_lambda)."""
-    params: dict[str, Any]
-    if config.method == "hullft":
-        params = {"max_iter": config.max_iter, "tol": config.tol, "passes": config.integer_passes}
-    elif config.method == "sift":
-        params = {"lam": config.sift_lambda}
-    else:
-        params = {}
-    return select(config.method, candidates, query, config.n, **params)

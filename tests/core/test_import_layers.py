@@ -1,0 +1,95 @@
+"""The import-layer contract: core ← integrations ← applications, and a numpy-only selection package.
+
+Checked statically on every import statement (top level and inside functions) and, for the core,
+by importing every module in a fresh interpreter and looking at what got loaded.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CORE = ROOT / "hullft_agent"
+APPLICATIONS = CORE / "agents"
+INTEGRATIONS = ROOT / "integrations"
+#: Frameworks the core must never depend on.
+FORBIDDEN_IN_CORE = ("langchain", "langchain_core", "langgraph", "langchain_hullft", "fastapi", "uvicorn")
+#: The one place allowed to import an application, inside the command that runs it.
+LAZY_APPLICATION_LOADERS = {CORE / "cli.py"}
+
+
+def _imports(path: Path) -> list[tuple[str, bool]]:
+    """(imported module, at module top level) for every import statement in a file."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    top = {id(node) for node in tree.body}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, id(node) in top) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.module, id(node) in top))
+    return found
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def _is_under(path: Path, folder: Path) -> bool:
+    return folder in path.parents
+
+
+def _root(module: str) -> str:
+    return module.split(".")[0]
+
+
+def test_the_core_never_imports_a_framework_or_an_integration():
+    bad = [
+        f"{path.relative_to(ROOT)}: {module}"
+        for path in _files(CORE) if not _is_under(path, APPLICATIONS)
+        for module, _ in _imports(path) if _root(module) in FORBIDDEN_IN_CORE
+    ]
+    assert not bad, "the core imports a framework or an integration:\n" + "\n".join(bad)
+
+
+def test_selection_imports_nothing_but_numpy_and_the_standard_library():
+    allowed = {"numpy", "hullft_agent", "__future__", *sys.stdlib_module_names}
+    bad = []
+    for path in _files(CORE / "selection"):
+        for module, _ in _imports(path):
+            if _root(module) not in allowed or (_root(module) == "hullft_agent"
+                                                and not module.startswith("hullft_agent.selection")):
+                bad.append(f"{path.relative_to(ROOT)}: {module}")
+    assert not bad, "selection/ must stay pure numpy:\n" + "\n".join(bad)
+
+
+def test_applications_are_imported_by_nothing_but_the_cli_commands_that_run_them():
+    bad = []
+    for path in _files(CORE) + _files(INTEGRATIONS):
+        if _is_under(path, APPLICATIONS):
+            continue
+        for module, top_level in _imports(path):
+            if module == "hullft_agent.agents" or module.startswith("hullft_agent.agents."):
+                if path in LAZY_APPLICATION_LOADERS and not top_level:
+                    continue
+                bad.append(f"{path.relative_to(ROOT)}: {module}")
+    assert not bad, "an application is imported by the library:\n" + "\n".join(bad)
+
+
+def test_importing_every_core_module_loads_no_framework():
+    modules = sorted(
+        ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        for path in _files(CORE) if not _is_under(path, APPLICATIONS)
+    )
+    script = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({FORBIDDEN_IN_CORE!r})))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
