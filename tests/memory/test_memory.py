@@ -529,3 +529,18 @@ def test_real_packaged_embedder(tmp_path):
     assert pool.vectors.shape == (3, 384)
     assert "fridge" in pool.texts[0]
     assert mem.embedder_name == "all-MiniLM-L6-v2"
+
+
+def test_lance_failures_are_told_apart_by_type_and_else_by_message():
+    from lance_namespace.errors import ConcurrentModificationError, TableNotFoundError
+    from lancedb.remote.errors import HttpError
+
+    from hullft_agent.memory.lance_errors import is_conflict, is_table_existing, is_table_missing
+
+    assert is_conflict(ConcurrentModificationError("x")) and is_conflict(HttpError("busy", "r", 429))
+    assert not is_conflict(HttpError("bad request", "r", 400))
+    assert is_conflict(RuntimeError("lance error: Retryable commit conflict for version 7"))
+    assert not is_conflict(RuntimeError("lance error: IO error")) and not is_conflict(KeyError("conflict"))
+    assert is_table_missing(TableNotFoundError("t")) and is_table_missing(ValueError("Table 't' was not found"))
+    assert not is_table_missing(RuntimeError("Table 't' was not found"))
+    assert is_table_existing(ValueError("Table 't' already exists")) and not is_table_existing(ValueError("x"))

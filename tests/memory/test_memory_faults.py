@@ -20,7 +20,7 @@ import pytest
 from hullft_agent.memory import ALL_NAMESPACES, MemoryPinnedError, TrajectoryMemory
 from hullft_agent.memory.testing import HashingEmbedder
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DIM = 16
 
 # A writer process: opens the memory, waits for a start signal, appends batches of steps with

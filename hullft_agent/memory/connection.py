@@ -1,0 +1,132 @@
+"""Connecting to a memory's database and opening (or creating) its table.
+
+A local folder is an embedded LanceDB database; `s3://`, `gs://`, `az://` URIs put it on an object
+store and `db://` on LanceDB Cloud/Enterprise. The table's embedder, dimension and layout are
+stamped on its schema when it is created and checked on every open.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import lancedb
+
+from hullft_agent.errors import EmbedderMismatchError, EmbedderRequiredError
+from hullft_agent.memory.config import MemoryConfig
+from hullft_agent.memory.lance_errors import is_table_existing, is_table_missing
+from hullft_agent.memory.schema import (
+    META_DIM,
+    META_EMBEDDER,
+    META_GRANULARITY,
+    META_WINDOW,
+    arrow_schema,
+    table_settings,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_WINDOW = 4
+
+
+@dataclass(frozen=True)
+class TableLayout:
+    """What a table's schema stamp says: its embedder, the vectors' dimension, how rows are cut."""
+
+    embedder_name: str
+    dim: int
+    granularity: str
+    window: int
+
+
+def is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def connect(config: MemoryConfig) -> Any:
+    """The lancedb connection of `config.uri` (API key from `config.api_key` or $LANCEDB_API_KEY)."""
+    interval = (
+        None if config.read_consistency_interval is None else timedelta(seconds=config.read_consistency_interval)
+    )
+    kwargs: dict[str, Any] = {"read_consistency_interval": interval}
+    if config.storage_options:
+        kwargs["storage_options"] = dict(config.storage_options)
+    uri = config.uri
+    if uri.startswith("db://"):
+        api_key = config.api_key.get_secret_value() if config.api_key else os.environ.get("LANCEDB_API_KEY")
+        if not api_key:
+            raise ValueError(f"{uri} is a LanceDB Cloud/Enterprise URI: set api_key or LANCEDB_API_KEY")
+        kwargs.update(api_key=api_key, region=config.region)
+        if config.host_override:
+            kwargs["host_override"] = config.host_override
+    elif is_local(uri):
+        uri = str(Path(uri.removeprefix("file://")).expanduser())
+    logger.debug("connecting to trajectory memory at %s", uri)
+    return lancedb.connect(uri, **kwargs)
+
+
+def open_table(db: Any, config: MemoryConfig, embedder: Any) -> tuple[Any, TableLayout]:
+    """Open the memory's table, creating it (stamped with `embedder`) when it does not exist."""
+    table = _try_open(db, config.table)
+    if table is None:
+        if embedder is None:
+            raise EmbedderRequiredError(
+                f"there is no memory table {config.table!r} at {config.uri}; pass an embedder to create it"
+            )
+        table = _create(db, config, embedder)
+    return table, _check_layout(table, config, embedder)
+
+
+def _try_open(db: Any, name: str) -> Any:
+    try:
+        return db.open_table(name)
+    except Exception as exc:
+        if is_table_missing(exc):
+            return None
+        raise
+
+
+def _create(db: Any, config: MemoryConfig, embedder: Any) -> Any:
+    granularity = config.granularity or "step"
+    window = config.window or (DEFAULT_WINDOW if granularity == "window" else 1)
+    schema = arrow_schema(int(embedder.dim), str(embedder.model_name), granularity, window)
+    try:
+        table = db.create_table(config.table, schema=schema)
+    except Exception as exc:
+        if not is_table_existing(exc):
+            raise
+        return db.open_table(config.table)  # created meanwhile by another process
+    logger.info("created trajectory memory %s/%s (dim %d)", config.uri, config.table, embedder.dim)
+    return table
+
+
+def _check_layout(table: Any, config: MemoryConfig, embedder: Any) -> TableLayout:
+    where = f"{config.uri}/{config.table}"
+    settings = table_settings(table.schema)
+    if settings is None:
+        raise ValueError(f"table {config.table!r} at {config.uri} is not a hullft trajectory memory (no embedder stamp)")
+    layout = TableLayout(
+        embedder_name=settings[META_EMBEDDER],
+        dim=int(settings[META_DIM]),
+        granularity=settings.get(META_GRANULARITY, "step"),
+        window=int(settings.get(META_WINDOW, "1")),
+    )
+    if embedder is not None:
+        name, dim = str(embedder.model_name), int(embedder.dim)
+        if name != layout.embedder_name or dim != layout.dim:
+            raise EmbedderMismatchError(
+                f"memory {where} was written with embedder {layout.embedder_name!r} (dim {layout.dim}); it "
+                f"cannot be used with {name!r} (dim {dim}). Open it with the same embedder, or use another "
+                "table/uri for the new one."
+            )
+    if config.granularity is not None and config.granularity != layout.granularity:
+        raise ValueError(
+            f"memory {where} stores granularity {layout.granularity!r}, config asks for {config.granularity!r}"
+        )
+    if config.window is not None and layout.granularity == "window" and config.window != layout.window:
+        raise ValueError(f"memory {where} stores window {layout.window}, config asks for {config.window}")
+    return layout
