@@ -7,6 +7,7 @@ what was chosen and where the time went. The adapter depends only on interfaces:
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import re
@@ -22,8 +23,9 @@ from pydantic import BaseModel, Field
 
 from hullft_agent.candidates import CandidateSource, check_vectors
 from hullft_agent.config import AdapterConfig, AdaptOverrides
+from hullft_agent.decisions import decision_instance, is_decision
 from hullft_agent.files import write_json_atomic
-from hullft_agent.finetune import create_session, train_multiset
+from hullft_agent.finetune import Completion, create_session, train_multiset
 from hullft_agent.metrics import BPBResult, score_texts
 
 logger = logging.getLogger(__name__)
@@ -48,6 +50,7 @@ class AdaptationReport(BaseModel):
         description="instances of each selected row trained by this call (= counts, except per_task incremental)",
     )
     task_steps: int = Field(0, description="per_task: instances the task's adapter has been trained on so far")
+    decisions: int = Field(0, description="selected rows that are decisions (trained prompt -> answer)")
     similarities: list[float] = Field(default_factory=list)
     residual_norm: float | None = None
     iterations: int | None = None
@@ -319,7 +322,13 @@ class TestTimeAdapter:
 
         t0 = time.perf_counter()
         task_filter = task if config.same_task_only else None
-        pool = source.candidates(q, sel.k, task=task_filter, exclude_episode=episode_id)
+        narrow = {}
+        if config.learn_from is not None:
+            if "learn_from" not in inspect.signature(source.candidates).parameters:
+                raise TypeError(f"learn_from needs a candidate source that supports it (a TrajectoryMemory or "
+                                f"InMemoryCandidates); {type(source).__name__}.candidates does not")
+            narrow["learn_from"] = config.learn_from
+        pool = source.candidates(q, sel.k, task=task_filter, exclude_episode=episode_id, **narrow)
         timings["retrieve"] = time.perf_counter() - t0
         report.pool_size = len(pool)
         if len(pool) == 0:
@@ -341,8 +350,14 @@ class TestTimeAdapter:
 
         incremental = ledger is not None and config.incremental
         train = ledger.untrained(report.selected_ids, report.counts) if incremental else list(report.counts)
+        instances = [
+            decision_instance(pool.metadata[i], self.tokenizer, config.decision_format)
+            if pool.metadata and is_decision(pool.metadata[i]) else pool.texts[i]
+            for i in idx
+        ]
+        report.decisions = sum(isinstance(x, Completion) for x in instances)
         t0 = time.perf_counter()
-        result = train_multiset(self.session, [pool.texts[i] for i in idx], train, config.finetune, on_step)
+        result = train_multiset(self.session, instances, train, config.finetune, on_step)
         timings["finetune"] = time.perf_counter() - t0
         report.steps, report.passes, report.losses = result.steps, result.passes, list(result.losses)
         if result.ok:

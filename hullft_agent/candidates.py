@@ -11,6 +11,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from hullft_agent.config import LearnFrom
+
 
 @dataclass(frozen=True)
 class CandidatePool:
@@ -76,7 +78,9 @@ class InMemoryCandidates:
     """A candidate source over a list of texts, embedded once (or given precomputed embeddings).
 
     Brute-force inner-product search; fine for pools up to ~10^5 rows. `episodes` and `tasks`
-    (optional, one per text) let `candidates` exclude an episode or restrict to a task.
+    (optional, one per text) let `candidates` exclude an episode or restrict to a task; `rows`
+    (optional, one dict per text with `kind`, `reward`, `outcome`, `metadata`, as a memory row has)
+    let it keep only what a `LearnFrom` asks for, and carry decision rows to the adapter.
     """
 
     def __init__(
@@ -88,6 +92,7 @@ class InMemoryCandidates:
         ids: Sequence[str] | None = None,
         episodes: Sequence[str | None] | None = None,
         tasks: Sequence[str | None] | None = None,
+        rows: Sequence[dict[str, Any]] | None = None,
     ) -> None:
         texts = list(texts)
         for i, text in enumerate(texts):
@@ -105,7 +110,9 @@ class InMemoryCandidates:
         self.ids = [str(i) for i in (ids if ids is not None else range(len(texts)))]
         self.episodes = list(episodes) if episodes is not None else [None] * len(texts)
         self.tasks = list(tasks) if tasks is not None else [None] * len(texts)
-        for name, values in (("ids", self.ids), ("episodes", self.episodes), ("tasks", self.tasks)):
+        self.rows = [dict(r) for r in rows] if rows is not None else [{} for _ in texts]
+        for name, values in (("ids", self.ids), ("episodes", self.episodes), ("tasks", self.tasks),
+                             ("rows", self.rows)):
             if len(values) != len(texts):
                 raise ValueError(f"{name} has {len(values)} entries but there are {len(texts)} texts")
 
@@ -124,9 +131,11 @@ class InMemoryCandidates:
         task: str | None = None,
         exclude_episode: str | None = None,
         exclude_task: str | None = None,
+        learn_from: LearnFrom | None = None,
     ) -> CandidatePool:
-        """The k rows most similar to `vector`, optionally restricted to `task` and without the rows of
-        `exclude_episode` and `exclude_task` (evaluations that must not train on the same game)."""
+        """The k rows most similar to `vector`, optionally restricted to `task` and to what `learn_from`
+        keeps, without the rows of `exclude_episode` and `exclude_task` (evaluations that must not
+        train on the same game)."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be an integer >= 1, got {k!r}")
         query = check_vectors(np.asarray(vector).reshape(1, -1), self.dim, what="query vector")[0]
@@ -137,6 +146,10 @@ class InMemoryCandidates:
             keep &= np.array([t == task for t in self.tasks], dtype=bool)
         if exclude_task is not None:
             keep &= np.array([t != exclude_task for t in self.tasks], dtype=bool)
+        if learn_from is not None:
+            if learn_from.where is not None:
+                raise ValueError("InMemoryCandidates cannot apply a SQL `where`; use a TrajectoryMemory")
+            keep &= np.array([_learns_from(row, learn_from) for row in self.rows], dtype=bool)
         rows = np.flatnonzero(keep)
         if rows.size == 0:
             return CandidatePool.empty(self.dim)
@@ -148,5 +161,17 @@ class InMemoryCandidates:
             texts=[self.texts[i] for i in chosen],
             vectors=self.vectors[chosen],
             similarities=sims[top].astype(np.float32),
-            metadata=[{"episode": self.episodes[i], "task": self.tasks[i]} for i in chosen],
+            metadata=[{**self.rows[i], "episode": self.episodes[i], "task": self.tasks[i]} for i in chosen],
         )
+
+
+def _learns_from(row: dict[str, Any], learn_from: LearnFrom) -> bool:
+    """Whether a row passes every condition of `learn_from` (the in-memory twin of the memory's SQL filter)."""
+    if learn_from.kinds is not None and row.get("kind") not in learn_from.kinds:
+        return False
+    if learn_from.outcomes is not None and row.get("outcome") not in learn_from.outcomes:
+        return False
+    if learn_from.min_reward is not None and (row.get("reward") is None or row["reward"] < learn_from.min_reward):
+        return False
+    actor = (row.get("metadata") or {}).get("actor")
+    return learn_from.actors is None or actor in learn_from.actors

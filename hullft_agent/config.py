@@ -6,7 +6,9 @@ here, so a bad value fails at construction with a message naming the field, not 
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +21,9 @@ PACKAGED_EMBEDDER = "all-MiniLM-L6-v2"
 
 #: Attention and MLP projections of Llama-style models (SmolLM2, Llama, Mistral, Qwen).
 LLAMA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+#: Who acted in a decision row (expert, agent, explorer, user, ...): a short lowercase name.
+ACTOR_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 
 SelectionMethod = Literal["hullft", "knn", "sift", "none"]
 AdaptMode = Literal["per_query", "per_task"]
@@ -115,6 +120,47 @@ class FinetuneConfig(StrictConfig):
     seed: int | None = 0
 
 
+class DecisionFormat(StrictConfig):
+    """How a decision row's prompt is rendered for training (shorter prompts train faster)."""
+
+    system: bool = Field(True, description="keep the system prompt in training prompts")
+    history: int | None = Field(
+        None, ge=0, description="keep at most this many messages before the last one (None: all)"
+    )
+
+
+class LearnFrom(StrictConfig):
+    """Which memory rows adaptation may train on: the steps that worked, not everything ever done.
+
+    Every set field narrows the candidate pool (all must hold). `min_reward` keeps rows whose step
+    reward is at least the value (rows without a reward are left out); `outcomes` rows of episodes
+    that ended so (e.g. ["won"]; unfinished episodes have none and are left out); `actors` decision
+    rows by these actors (e.g. ["expert", "agent"]); `kinds` rows of these kinds (e.g. ["decision"]);
+    `where` a further SQL filter for a TrajectoryMemory (the escape hatch).
+    """
+
+    kinds: list[str] | None = Field(None, min_length=1)
+    actors: list[str] | None = Field(None, min_length=1)
+    outcomes: list[str] | None = Field(None, min_length=1)
+    min_reward: float | None = None
+    where: str | None = None
+
+    @field_validator("actors")
+    @classmethod
+    def _actors(cls, value: list[str] | None) -> list[str] | None:
+        for actor in value or []:
+            if not ACTOR_PATTERN.match(actor):
+                raise ValueError(f"actor names are short lowercase names (e.g. expert, agent), got {actor!r}")
+        return value
+
+    @field_validator("min_reward")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"min_reward must be finite, got {value}")
+        return value
+
+
 class AdapterConfig(StrictConfig):
     """A `TestTimeAdapter`: what it selects, how it trains, and what persists between calls."""
 
@@ -123,6 +169,10 @@ class AdapterConfig(StrictConfig):
     mode: AdaptMode = Field("per_query", description="per_query resets before each adaptation")
     adapter_dir: Path | None = Field(None, description="per_task adapters are also saved here when set")
     same_task_only: bool = Field(False, description="draw candidates only from rows of the same task")
+    learn_from: LearnFrom | None = Field(
+        None, description="train only on these memory rows (e.g. decisions of won episodes); None: any row"
+    )
+    decision_format: DecisionFormat = Field(default_factory=DecisionFormat)
     incremental: bool = Field(
         False,
         description="per_task only: train just the part of each selected multiset the task's adapter has not "
@@ -150,6 +200,7 @@ class AdaptOverrides(StrictConfig):
     mode: AdaptMode | None = None
     same_task_only: bool | None = None
     incremental: bool | None = None
+    learn_from: LearnFrom | None = None
     finetune: FinetuneConfig | None = Field(
         None, description="the training stage for this call; its method must be the session's, and the LoRA shape stays "
         "the one the session was built with"
@@ -162,7 +213,8 @@ class AdaptOverrides(StrictConfig):
             return config
         selection = {name: given[key] for key, name in (("method", "method"), ("n", "n"), ("k", "k")) if key in given}
         finetune = {name: given[name] for name in ("lr", "refresh_interval") if name in given}
-        top = {name: given[name] for name in ("mode", "same_task_only", "incremental") if name in given}
+        top = {name: getattr(self, name) for name in ("mode", "same_task_only", "incremental", "learn_from")
+               if name in given}
         stage = self.finetune if self.finetune is not None else config.finetune
         return config.model_copy(update={
             "selection": config.selection.model_copy(update=selection),
