@@ -11,11 +11,13 @@ step's reward and the episode's outcome (set when it ends) say whether the decis
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hullft_agent.config import ACTOR_PATTERN, DecisionFormat
 from hullft_agent.errors import InvalidStepError
-from hullft_agent.finetune import Completion
+
+if TYPE_CHECKING:
+    from hullft_agent.finetune import Completion
 
 DECISION_KIND = "decision"
 #: Who acted: the usual actors (any short lowercase name matching ACTOR_PATTERN is accepted).
@@ -95,6 +97,7 @@ def trim_prompt(messages: list[dict[str, str]], fmt: DecisionFormat) -> list[dic
 
 def decision_instance(candidate_metadata: Mapping[str, Any], tokenizer: Any, fmt: DecisionFormat) -> Completion:
     """The training instance of a decision row: its prompt rendered as the model answers it, and its answer."""
+    from hullft_agent.finetune import Completion  # torch: loaded only when training
     from hullft_agent.runtime.prompt import render_prompt
 
     inner = candidate_metadata["metadata"]

@@ -26,6 +26,7 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_hullft import ChatHullFT, ContextOverflowError, UnsupportedMessageError, get_adaptation_report
 from test_langchain_helpers import TOKENIZER, adapter_config, make_chat, make_memory
 
+from hullft_agent.config import LearnFrom
 from hullft_agent.runtime.generation import StopStringFilter
 from hullft_agent.runtime.prompt import fallback_conversations
 
@@ -238,6 +239,22 @@ def test_call_kwargs_override_adaptation_settings(chat):
     assert report.n == 3 and report.k == 2 and report.pool_size == 2 and sum(report.counts) == 3
     assert report.passes == report.steps == 3  # r = 1: a fresh gradient on every step
     assert chat.adapter.config.selection.n == 4 and chat.adapter.config.finetune.lr == 0.05
+
+
+def test_decisions_are_logged_and_later_calls_learn_only_from_won_episodes(memory):
+    chat = make_chat(memory, log_decisions=True)
+    first = chat.invoke([SystemMessage("cook"), HumanMessage(QUESTION)], task="a", episode_id="run-1",
+                        actor="expert", reward=1.0)
+    rows = [r for r in memory.get(first.response_metadata["hullft"]["logged_ids"]) if r["kind"] == "decision"]
+    assert len(rows) == 1
+    decision = rows[0]
+    assert decision["metadata"]["answer"] == first.content and decision["metadata"]["actor"] == "expert"
+    assert decision["metadata"]["prompt"] == [{"role": "system", "content": "cook"}, {"role": "user", "content": QUESTION}]
+    assert decision["text"] == QUESTION and decision["reward"] == 1.0, "the state: recent messages, no system prompt"
+    memory.finish_episode("run-1", outcome="won")
+    learner = make_chat(memory, config=adapter_config(learn_from=LearnFrom(kinds=["decision"], outcomes=["won"])))
+    report = get_adaptation_report(learner.invoke(QUESTION, task="a", log=False))
+    assert report.selected_ids == [decision["id"]] and report.decisions == 1
 
 
 def test_per_task_mode_keeps_each_tasks_adapter(memory):

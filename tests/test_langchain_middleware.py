@@ -3,6 +3,7 @@ every step logged under the run's episode, per_task adapters keyed by thread, cl
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -137,6 +138,17 @@ async def test_async_agent(memory, monkeypatch):
     assert len(calls) == 2 and len(state["messages"]) == 4
     assert [r["kind"] for r in rows_of(memory, "t-async")] == ["observation", "tool", "result", "action"]
     assert {r["task"] for r in rows_of(memory, "t-async")} == {"a"}
+
+
+def test_the_middleware_logs_each_answer_as_a_decision(memory):
+    chat = make_chat(memory)
+    agent = create_agent(chat, tools=[], middleware=[HullFTMiddleware(log_decisions=True)])
+    agent.invoke({"messages": [HumanMessage("where is the potato?")]},
+                 {"configurable": {"thread_id": "t-dec"}})
+    decisions = [r for r in rows_of(memory, "t-dec") if r["kind"] == "decision"]
+    assert decisions, "one decision row per model answer"
+    meta = json.loads(decisions[0]["metadata"])
+    assert meta["actor"] == "agent" and meta["answer"] and meta["prompt"][-1]["content"] == "where is the potato?"
 
 
 def test_logging_can_be_turned_off_and_adapt_off(memory, monkeypatch):

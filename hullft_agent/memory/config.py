@@ -28,6 +28,7 @@ DEFAULT_KINDS: tuple[str, ...] = (
     "result",
     "system",
     "feedback",
+    "decision",
 )
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from lancedb.expr import Expr, col, lit
 
+from hullft_agent.config import LearnFrom
 from hullft_agent.errors import InvalidWhereError
 
 MAX_WHERE_CHARS = 4096
@@ -103,6 +104,32 @@ def scope(
     for part in parts[1:]:
         expr = expr & part
     return expr.to_sql()
+
+
+def learn_from_sql(learn_from: LearnFrom) -> str | None:
+    """SQL of what a `LearnFrom` keeps (its own `where` is not included: it is checked like any user clause).
+
+    Actors live in the row's metadata JSON, which the memory writes with `json.dumps` defaults, so
+    an actor is matched as the literal text `"actor": "<name>"`; actor names are validated lowercase
+    words (no quotes or wildcards), so the pattern cannot match anything else.
+    """
+    parts: list[Expr] = []
+    if learn_from.kinds is not None:
+        parts.append(col("kind").isin(list(learn_from.kinds)))
+    if learn_from.outcomes is not None:
+        parts.append(col("outcome").isin(list(learn_from.outcomes)))
+    if learn_from.min_reward is not None:
+        parts.append(col("reward") >= lit(float(learn_from.min_reward)))
+    sql = None
+    if parts:
+        expr = parts[0]
+        for part in parts[1:]:
+            expr = expr & part
+        sql = expr.to_sql()
+    if learn_from.actors is not None:
+        actors = " OR ".join(f"metadata LIKE '%\"actor\": \"{a}\"%'" for a in learn_from.actors)
+        sql = combine(sql, actors)
+    return sql
 
 
 def combine(base: str | None, where: str | None) -> str | None:

@@ -13,9 +13,10 @@ import numpy as np
 import pyarrow as pa
 
 from hullft_agent.candidates import CandidatePool
+from hullft_agent.config import LearnFrom
 from hullft_agent.errors import InvalidWhereError
 from hullft_agent.memory.base import MemoryCore, remember_lru, select
-from hullft_agent.memory.filters import check_where_syntax, combine, scope
+from hullft_agent.memory.filters import check_where_syntax, combine, learn_from_sql, scope
 from hullft_agent.memory.schema import SCALAR_COLUMNS, check_name, check_text, check_vector
 
 #: Field metadata of the vector column: IVF partitions of the index this memory built.
@@ -98,6 +99,7 @@ class QueryMixin(MemoryCore):
         where: str | None = None,
         fields: Sequence[str] | str | None = None,
         exact: bool = False,
+        learn_from: LearnFrom | None = None,
     ) -> CandidatePool:
         """The k rows nearest the query, within one namespace, as the adapter's candidate pool.
 
@@ -108,7 +110,9 @@ class QueryMixin(MemoryCore):
         cosines; each row's metadata holds its `id`, `namespace`, `distance` (1 - cosine) and the
         columns named in `fields` (a list, or "all"; each one costs about a millisecond of latency
         at 100k rows, so none by default). `exact` skips the vector index (ground truth). An empty table
-        or an unknown namespace gives an empty pool.
+        or an unknown namespace gives an empty pool. `learn_from` keeps only the rows it names (kinds,
+        outcomes, a minimum reward, actors, its own `where`) and adds their kind, reward, outcome and
+        metadata to each row's entry, so decision rows reach the adapter with their prompt and answer.
         """
         table = self._live()
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
@@ -119,8 +123,16 @@ class QueryMixin(MemoryCore):
             task = check_name(task, "task")
         if exclude_episode is not None:
             exclude_episode = check_name(exclude_episode, "exclude_episode")
+        base = scope(ns, task=task, exclude_episode=exclude_episode)
+        if learn_from is not None:
+            base = combine(base, learn_from_sql(learn_from))
+            where = where if learn_from.where is None else (
+                learn_from.where if where is None else f"({where}) AND ({check_where_syntax(learn_from.where)})")
+            if fields != "all":
+                given = [] if fields is None else [fields] if isinstance(fields, str) else list(fields)
+                fields = [*given, *(c for c in ("kind", "reward", "outcome", "metadata") if c not in given)]
         columns = self._candidate_columns(fields)
-        filt = self._check_where(table, where, scope(ns, task=task, exclude_episode=exclude_episode))
+        filt = self._check_where(table, where, base)
 
         def run(probes: int | None, widen: bool) -> pa.Table:
             search = (

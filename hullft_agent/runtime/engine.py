@@ -24,6 +24,7 @@ import torch
 
 from hullft_agent.adapter import AdaptationReport
 from hullft_agent.config import AdaptOverrides
+from hullft_agent.decisions import check_actor, decision_step
 from hullft_agent.runtime.choice import (
     DEFAULT_SCORING,
     ChoiceResult,
@@ -60,7 +61,9 @@ class Call:
 
     `context` is the text the adapter embeds and selects memory rows for (empty: no adaptation).
     `log_inputs` are the memory steps of the call's new input messages; None derives them from the
-    conversation's messages after its last assistant turn. The answer is logged after them.
+    conversation's messages after its last assistant turn. The answer is logged after them, and,
+    when the runtime logs decisions, a decision row (state = `context`, the prompt, the answer,
+    `actor`) whose reward and outcome the caller can fill in later.
     """
 
     conversation: Conversation
@@ -74,6 +77,8 @@ class Call:
     log: bool = True
     log_inputs: list[dict[str, Any]] | None = None
     log_metadata: dict[str, Any] = field(default_factory=dict)
+    actor: str = "agent"
+    reward: float | None = None
 
     def __post_init__(self) -> None:
         self.conversation = check_conversation(self.conversation)
@@ -81,6 +86,7 @@ class Call:
             raise TypeError(f"context must be a string, got {type(self.context).__name__}")
         if isinstance(self.overrides, Mapping):
             self.overrides = AdaptOverrides.model_validate(self.overrides)
+        check_actor(self.actor)
 
 
 @dataclass
@@ -150,6 +156,8 @@ class Runtime:
       `namespace` reads only that namespace of it when it is a TrajectoryMemory.
     - `on_adapt_error`: an exception inside adaptation answers with the base model and reports it
       ('fallback'), or is raised ('raise').
+    - `log_decisions`: also log each exchange as a decision row (`hullft_agent.decisions`), so later
+      adaptations can train on prompt -> answer pairs of the steps that worked.
 
     A runtime holds no state of its own beyond these references (per-task adapters live in the
     adapter), so building one per call is cheap; the lock is shared by everything on the same weights.
@@ -169,6 +177,7 @@ class Runtime:
         on_adapt_error: Literal["fallback", "raise"] = "fallback",
         memory_kinds: Mapping[str, str] | None = None,
         log_source: str = "hullft_agent",
+        log_decisions: bool = False,
     ) -> None:
         if model is not None and hasattr(model, "model") and hasattr(model, "tokenizer") and hasattr(model, "source"):
             tokenizer = tokenizer if tokenizer is not None else model.tokenizer
@@ -203,6 +212,7 @@ class Runtime:
         self.on_adapt_error = on_adapt_error
         self.memory_kinds = dict(DEFAULT_MEMORY_KINDS if memory_kinds is None else memory_kinds)
         self.log_source = log_source
+        self.log_decisions = log_decisions
         self.name = name or model_name(self.model)
 
     @property
@@ -386,6 +396,9 @@ class Runtime:
                         "adapted": result.report.adapted, "selected_ids": list(result.report.selected_ids),
                         **result.log_extra}
             steps.append({"kind": kind, "text": result.text, "metadata": metadata})
+        if self.log_decisions and result.text.strip() and call.context.strip():
+            steps.append(decision_step(call.context, call.conversation, result.text, actor=call.actor,
+                                       reward=call.reward, metadata={"model": self.name, **result.log_extra}))
         if not steps:
             return
         t0 = time.perf_counter()

@@ -78,6 +78,8 @@ class CallOptions(BaseModel):
     lr: float | None = Field(None, gt=0)
     mode: AdaptMode | None = None
     log_metadata: dict[str, Any] | None = None
+    actor: str | None = None
+    reward: float | None = None
 
 
 class ChatHullFT(BaseChatModel):
@@ -148,6 +150,9 @@ class ChatHullFT(BaseChatModel):
     namespace: str | None = None
     task: str | None = None
     log_exchanges: bool = True
+    log_decisions: bool = Field(
+        False, description="also log each exchange as a decision row (prompt -> answer) for decision-aware adaptation"
+    )
     memory_kinds: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_MEMORY_KINDS))
 
     # ------------------------------------------------------------------ construction
@@ -188,7 +193,7 @@ class ChatHullFT(BaseChatModel):
             memory=self.memory if self.log_exchanges else None,
             name=self.model_name or None, max_context_tokens=self.max_context_tokens,
             context_overflow=self.context_overflow, on_adapt_error=self.on_adapt_error,
-            memory_kinds=self.memory_kinds, log_source="langchain_hullft",
+            memory_kinds=self.memory_kinds, log_source="langchain_hullft", log_decisions=self.log_decisions,
         )
 
     @classmethod
@@ -356,6 +361,8 @@ class ChatHullFT(BaseChatModel):
             log=options.log,
             log_inputs=memory_steps(trailing_inputs(messages), None, self.memory_kinds),
             log_metadata=dict(options.log_metadata or {}),
+            actor=options.actor or "agent",
+            reward=options.reward,
         )
 
     # ------------------------------------------------------------------ prompt

@@ -23,8 +23,15 @@ from langgraph.types import Command
 from typing_extensions import NotRequired
 
 from hullft_agent.config import AdaptMode
+from hullft_agent.decisions import decision_step
 from hullft_agent.runtime import DEFAULT_MEMORY_KINDS, lock_for
-from langchain_hullft._messages import ASSISTANT, message_role
+from langchain_hullft._messages import (
+    ASSISTANT,
+    adaptation_context,
+    content_text,
+    message_role,
+    to_conversation,
+)
 from langchain_hullft._runtime import keys_from_config, memory_steps
 from langchain_hullft.chat_models import ChatHullFT
 
@@ -58,6 +65,9 @@ class HullFTMiddleware(AgentMiddleware[HullFTState, Any, Any]):
     - `namespace`: memory namespace (default: config `hullft_namespace`/`namespace`, else the memory's).
     - `memory`: where steps are logged (default: the model's `memory`); `log_steps=False` logs nothing.
     - `adapt=False` answers with the base model (logging only).
+    - `log_decisions=True` also logs each model answer as a decision row (the prompt it was given, the
+      answer, actor `agent`); `memory.finish_episode(episode_id, outcome="won")` when the run ends lets
+      `LearnFrom(outcomes=["won"])` train later runs on the decisions that worked.
 
     The episode id is the config's `hullft_episode_id`/`episode_id`/`thread_id`, else one fresh id per
     agent run (kept in the agent state, so every model and tool call of the run shares it).
@@ -79,6 +89,7 @@ class HullFTMiddleware(AgentMiddleware[HullFTState, Any, Any]):
         log_steps: bool = True,
         adapt: bool = True,
         memory_kinds: dict[str, str] | None = None,
+        log_decisions: bool = False,
     ) -> None:
         super().__init__()
         if mode not in (None, "per_query", "per_task"):
@@ -95,6 +106,7 @@ class HullFTMiddleware(AgentMiddleware[HullFTState, Any, Any]):
         self.log_steps = log_steps
         self.adapt = adapt
         self.memory_kinds = dict(memory_kinds or DEFAULT_MEMORY_KINDS)
+        self.log_decisions = log_decisions
         self.tools = []
         #: the agent's model, seen at the last model call (tool calls log to its memory)
         self._chat_model: ChatHullFT | None = None
@@ -211,6 +223,11 @@ class HullFTMiddleware(AgentMiddleware[HullFTState, Any, Any]):
             report = (output.response_metadata or {}).get("adaptation") or {}
             extra = {"model": chat.model_name, "selected_ids": list(report.get("selected_ids", []))}
             steps += memory_steps([], output, self.memory_kinds, output_metadata=extra)
+            answer = content_text(output.content, where="model output")
+            state = adaptation_context(messages, chat.adapt_last_messages)
+            if self.log_decisions and answer.strip() and state.strip():
+                steps.append(decision_step(state, to_conversation(messages), answer, actor="agent",
+                                           metadata={"model": chat.model_name}))
         self._write(memory, steps, keys)
 
     def _log_tool_result(self, request: Any, result: Any) -> None:
