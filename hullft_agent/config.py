@@ -201,6 +201,7 @@ class AdaptOverrides(StrictConfig):
     same_task_only: bool | None = None
     incremental: bool | None = None
     learn_from: LearnFrom | None = None
+    decision_format: DecisionFormat | None = None
     finetune: FinetuneConfig | None = Field(
         None, description="the training stage for this call; its method must be the session's, and the LoRA shape stays "
         "the one the session was built with"
@@ -213,7 +214,8 @@ class AdaptOverrides(StrictConfig):
             return config
         selection = {name: given[key] for key, name in (("method", "method"), ("n", "n"), ("k", "k")) if key in given}
         finetune = {name: given[name] for name in ("lr", "refresh_interval") if name in given}
-        top = {name: getattr(self, name) for name in ("mode", "same_task_only", "incremental", "learn_from")
+        top = {name: getattr(self, name) for name in ("mode", "same_task_only", "incremental", "learn_from",
+                                                     "decision_format")
                if name in given}
         stage = self.finetune if self.finetune is not None else config.finetune
         return config.model_copy(update={

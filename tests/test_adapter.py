@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pytest
 import torch
@@ -12,27 +10,7 @@ from pydantic import ValidationError
 from hullft_agent.adapter import TestTimeAdapter
 from hullft_agent.candidates import CandidatePool, InMemoryCandidates
 from hullft_agent.config import AdapterConfig, AdaptOverrides, FinetuneConfig, LoRAConfig, SelectionConfig
-
-
-class HashEmbedder:
-    """Deterministic bag-of-words vectors: similar word sets give similar vectors."""
-
-    model_name = "hash-16"
-    dim = 16
-
-    def encode(self, texts):
-        single = isinstance(texts, str)
-        rows = []
-        for text in [texts] if single else texts:
-            v = np.zeros(self.dim, dtype=np.float32)
-            for word in text.lower().split():
-                h = int(hashlib.md5(word.encode()).hexdigest(), 16)
-                v[h % self.dim] += 1.0 if (h >> 8) % 2 else -1.0
-            v /= max(np.linalg.norm(v), 1e-6)
-            rows.append(v)
-        out = np.stack(rows)
-        return out[0] if single else out
-
+from hullft_agent.memory.testing import HashingEmbedder
 
 TEXTS = [
     "open the fridge and take the potato",
@@ -53,7 +31,7 @@ def make_config(**selection) -> AdapterConfig:
 
 
 def make_adapter(tiny_model, tiny_tokenizer, texts=TEXTS, episodes=EPISODES, **config_kwargs):
-    embedder = HashEmbedder()
+    embedder = HashingEmbedder(16)
     source = InMemoryCandidates(texts, embedder=embedder, episodes=episodes) if texts else InMemoryCandidates(
         [], np.zeros((0, embedder.dim), np.float32)
     )
@@ -215,7 +193,7 @@ def test_bad_query_vector_raises_and_keeps_base(tiny_model, tiny_tokenizer):
 
 class TestInMemoryCandidates:
     def test_returns_top_k_by_similarity(self):
-        emb = HashEmbedder()
+        emb = HashingEmbedder(16)
         source = InMemoryCandidates(TEXTS, embedder=emb)
         pool = source.candidates(emb.encode("take the potato"), 3)
         assert isinstance(pool, CandidatePool) and len(pool) == 3
@@ -224,7 +202,7 @@ class TestInMemoryCandidates:
         assert np.isclose(pool.similarities[0], full.max())
 
     def test_task_filter(self):
-        emb = HashEmbedder()
+        emb = HashingEmbedder(16)
         source = InMemoryCandidates(TEXTS, embedder=emb, tasks=["a", "b", "a", "b", "a", "b"])
         pool = source.candidates(emb.encode("potato"), 10, task="a")
         assert {m["task"] for m in pool.metadata} == {"a"} and len(pool) == 3
@@ -302,14 +280,14 @@ def test_a_config_is_frozen_and_overrides_reach_only_their_call(tiny_model, tiny
 
 def test_a_per_call_source_replaces_the_adapters_for_that_call(tiny_model, tiny_tokenizer):
     adapter = make_adapter(tiny_model, tiny_tokenizer)
-    other = InMemoryCandidates(["slice the carrot", "dice the carrot"], embedder=HashEmbedder(), ids=["x", "y"])
+    other = InMemoryCandidates(["slice the carrot", "dice the carrot"], embedder=HashingEmbedder(16), ids=["x", "y"])
     report = adapter.adapt("cook the potato", source=other)
     assert set(report.selected_ids) <= {"x", "y"} and report.pool_size == 2
     assert adapter.adapt("cook the potato").pool_size == 6
 
 
 def test_in_memory_candidates_can_exclude_a_task():
-    emb = HashEmbedder()
+    emb = HashingEmbedder(16)
     source = InMemoryCandidates(TEXTS, embedder=emb, tasks=["a", "b", "a", "b", "a", None])
     pool = source.candidates(emb.encode("potato"), 10, exclude_task="a")
     assert [m["task"] for m in pool.metadata].count("a") == 0 and len(pool) == 3
