@@ -11,8 +11,8 @@ Two parts, both on SmolLM2-135M-Instruct (packaged) and all-MiniLM-L6-v2:
    admissible commands by the sum of their token log-probabilities and by the per-token mean; the
    table gives how often the walkthrough's command is ranked first, its mean reciprocal rank, and the
    probability the rule's softmax gives it (what the sampling agent draws with). This decides
-   `langchain_hullft.DEFAULT_SCORING`.
-2. The agent (`langchain_hullft.textworld_compare.run_comparison`) plays `--test-games` test-split
+   `hullft_agent.runtime.DEFAULT_SCORING`.
+2. The agent (`hullft_agent.agents.compare.run_comparison`) plays `--test-games` test-split
    games once per mode: none, per_query HullFT, per_task HullFT (incremental ledger), kNN per_query,
    all at the same N, on the same games with the same per-step seeds, each mode from its own copy of
    the training memory (expert + exploring episodes) plus its own episodes as it plays.
@@ -38,20 +38,20 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "integrations"))
 
 RESULTS = ROOT / "benchmarks" / "results"
 WORK = Path("~/.cache/hullft-agent/bench_agent").expanduser()
 
 
-def scoring_study(chat: Any, agent: Any, games: list[Path]) -> dict[str, Any]:
+def scoring_study(agent: Any, games: list[Path]) -> dict[str, Any]:
     """Rank the walkthrough command among the admissible ones at each walkthrough state, per rule."""
-    from hullft_agent.envs.textworld import NO_OUTPUT, _start, clean_observation
+    from hullft_agent.envs.textworld import NO_OUTPUT, clean_observation, start_game
+    from hullft_agent.runtime import Call
 
     ranks: dict[str, list[int]] = {"sum": [], "mean": []}
     probs: dict[str, list[float]] = {"sum": [], "mean": []}
     for game in games:
-        env, state = _start(game)
+        env, state = start_game(game)
         try:
             objective = str(state["objective"] or "")
             observation = clean_observation(state.feedback)
@@ -62,8 +62,8 @@ def scoring_study(chat: Any, agent: Any, games: list[Path]) -> dict[str, Any]:
                 admissible = sorted(set(state["admissible_commands"] or []))
                 if command not in admissible:
                     break
-                result = chat.choose(agent.messages(history, observation, objective, admissible), admissible,
-                                     adapt=False, log=False)
+                call = Call(agent.conversation(history, observation, objective, admissible), adapt=False, log=False)
+                result = agent.runtime.choose(call, admissible)
                 target = admissible.index(command)
                 for rule in ranks:
                     lps = result.token_logprobs
@@ -106,13 +106,11 @@ def main() -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    from langchain_hullft import ChatHullFT
-    from langchain_hullft.textworld_agent import TextWorldAgent
-    from langchain_hullft.textworld_compare import CompareConfig, run_comparison, summary_text, write_report
-
+    from hullft_agent.agents import CompareConfig, TextWorldAgent, run_comparison, summary_text, write_report
     from hullft_agent.embedding import Embedder
     from hullft_agent.envs.textworld import generate_games
     from hullft_agent.models import load_model
+    from hullft_agent.runtime import Runtime
 
     start = time.perf_counter()
     config = CompareConfig(modes=args.modes, train_games=args.train_games, test_games=args.test_games, n=args.n,
@@ -124,8 +122,7 @@ def main() -> int:
     if args.study_games:
         t0 = time.perf_counter()
         games = generate_games("valid", args.study_games, config.cooking(), seed0=args.seed, progress=False)
-        chat = ChatHullFT(llm=model, temperature=0.0)
-        study = scoring_study(chat, TextWorldAgent(chat, config.agent()), games)
+        study = scoring_study(TextWorldAgent(Runtime(model), config.agent()), games)
         study["seconds"] = time.perf_counter() - t0
         print(f"scoring rule, base model, walkthrough command among the admissible ones ({study['states']} states "
               f"of {study['games']} games):")

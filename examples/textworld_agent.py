@@ -1,4 +1,4 @@
-"""A LangChain agent that learns at test time while it plays a held-out TextWorld cooking game.
+"""An agent that learns at test time while it plays a held-out TextWorld cooking game.
 
 Runs offline on the packaged SmolLM2-135M-Instruct and all-MiniLM-L6-v2 (31 s measured on an idle
 2-core CPU, 8 commands):
@@ -7,9 +7,9 @@ Runs offline on the packaged SmolLM2-135M-Instruct and all-MiniLM-L6-v2 (31 s me
 
 1. Generates 4 training games and 1 held-out (test split) game, and logs the training games' expert
    and exploring episodes into a trajectory memory (window rows of 4 steps).
-2. A `ChatHullFT` over a `TestTimeAdapter` plays the held-out game through `TextWorldAgent`: before
+2. A `Runtime` over a `TestTimeAdapter` plays the held-out game through `TextWorldAgent`: before
    each command the model adapts on memory rows selected by HullFT (per_task: one adapter for the
-   game, trained only on rows it has not seen yet), then `chat.choose` scores every admissible
+   game, trained only on rows it has not seen yet), then `runtime.choose` scores every admissible
    command by log-likelihood in one packed forward pass and draws one; the observation and the
    command are logged back to memory (one commit per step).
 3. Prints each step (the command, the model's probability of its text, what was trained and
@@ -24,11 +24,10 @@ import math
 import tempfile
 import time
 
-from langchain_hullft import ChatHullFT
-from langchain_hullft.textworld_agent import AgentConfig, StepRecord, TextWorldAgent
-
 from hullft_agent import AdapterConfig, Embedder, FinetuneConfig, SelectionConfig, TestTimeAdapter, load_model
+from hullft_agent.agents import AgentConfig, StepRecord, TextWorldAgent
 from hullft_agent.envs.textworld import CookingSettings, build_textworld_memory, generate_games
+from hullft_agent.runtime import Runtime
 
 SETTINGS = CookingSettings(recipe=1, take=1, rooms=1, open=True, cook=True, cut=True)
 
@@ -50,9 +49,9 @@ def main() -> None:
         config = AdapterConfig(selection=SelectionConfig(method="hullft", n=6, k=100),
                                finetune=FinetuneConfig(lr=1e-3, max_length=128), incremental=True)
         adapter = TestTimeAdapter(load_model(), embedder=embedder, source=memory, config=config)
-        chat = ChatHullFT(adapter=adapter, memory=memory)
+        runtime = Runtime(adapter=adapter, memory=memory)
         options = {"adapt": False} if args.mode == "none" else {"mode": args.mode}
-        agent = TextWorldAgent(chat, AgentConfig(max_steps=args.steps, history=3), **options)
+        agent = TextWorldAgent(runtime, AgentConfig(max_steps=args.steps, history=3), **options)
 
         def show(step: StepRecord) -> None:
             chance = math.exp(-step.action_bpb * math.log(2) * step.action_bytes)

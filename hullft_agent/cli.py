@@ -43,6 +43,14 @@ def read_pool(path: str | Path) -> tuple[list[str], list[str]]:
                 text, row_id = row, len(texts)
             if not isinstance(text, str) or not text.strip():
                 raise CLIError(f"{path}:{lineno}: expected a non-empty string or an object with a 'text' string")
+            for what, value in (("text", text), ("id", str(row_id))):
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError as exc:  # a lone surrogate, from a JSON "\ud800" escape
+                    raise CLIError(
+                        f"{path}:{lineno}: the {what} {value!r:.80} is not valid Unicode "
+                        f"(a lone surrogate at position {exc.start})"
+                    ) from None
             ids.append(str(row_id))
             texts.append(text)
     if not texts:
@@ -201,19 +209,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The TextWorld agent on held-out games, with and without adaptation: tables and a report folder."""
     import time
 
-    try:
-        from langchain_hullft.textworld_compare import CompareConfig, run_comparison, summary_text
-    except ImportError as exc:
-        raise CLIError(f"the demo needs the LangChain integration and TextWorld: {exc}") from exc
+    from hullft_agent.agents.compare import CompareConfig, run_comparison, summary_text
+
     if args.threads is not None:
         import torch
 
         torch.set_num_threads(args.threads)
-    fields = ("modes", "train_games", "test_games", "n", "k", "lr", "max_steps", "max_length", "history",
-              "strategy", "scoring", "temperature", "seed", "recipe", "take", "rooms")
-    config = CompareConfig(**{name: getattr(args, name) for name in fields if getattr(args, name) is not None})
+    config = CompareConfig(**{name: value for name, value in vars(args).items()
+                              if name in CompareConfig.model_fields and value is not None})
     started = time.perf_counter()
-    print(f"demo: a TextWorld agent (SmolLM2-135M + LangChain) plays {config.test_games} held-out cooking games per "
+    print(f"demo: a TextWorld agent (SmolLM2-135M) plays {config.test_games} held-out cooking games per "
           f"mode ({', '.join(config.modes)}); memory = expert and exploring episodes of {config.train_games} "
           f"training games, then the agent's own episodes", flush=True)
     from transformers.utils import logging as hf_logging
@@ -287,33 +292,35 @@ def _add_selection_args(parser: argparse.ArgumentParser, *, training: bool) -> N
 
 
 def _add_demo_parser(sub: Any) -> None:
-    modes = ["none", "per_query", "per_task", "knn"]
+    # The comparison's settings default to None here: CompareConfig holds the demo's defaults (and checks
+    # the values), so they are written once and the application is only imported when the demo runs.
     p = sub.add_parser(
         "demo",
         help="a TextWorld agent plays held-out games with and without test-time adaptation; prints the tables",
         description="Generates small tw-cooking games, builds a memory from the training games' expert and exploring "
-        "episodes, lets the LangChain agent play the held-out games once per mode, prints the per-game, total and "
-        "BPB tables and writes a report folder (report.md, results.json, plots). The defaults take a few minutes "
-        "on a 2-core CPU; the flags give the full version (e.g. --modes none per_query per_task knn --test-games 10).",
+        "episodes, lets the agent play the held-out games once per mode, prints the per-game, total and BPB tables "
+        "and writes a report folder (report.md, results.json, plots). Settings left out keep the `make demo` run's "
+        "(hullft_agent.agents.compare.CompareConfig; results.json records them all), which takes a few minutes on a "
+        "2-core CPU; the flags give the full version (e.g. --modes none per_query per_task knn --test-games 10).",
     )
     p.add_argument("--out", default="demo_output", help="report folder (default %(default)s)")
-    p.add_argument("--modes", nargs="+", choices=modes, default=["none", "per_task"])
-    p.add_argument("--train-games", type=int, default=6, dest="train_games")
-    p.add_argument("--test-games", type=int, default=3, dest="test_games")
-    p.add_argument("--n", type=int, default=6, help="N, multiset size (default %(default)s)")
-    p.add_argument("--k", type=int, default=100, help="K, candidate pool (default %(default)s)")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--max-steps", type=int, default=30, dest="max_steps", help="commands per game at most")
-    p.add_argument("--max-length", type=int, default=128, dest="max_length", help="training tokens per sequence")
-    p.add_argument("--history", type=int, default=3, help="earlier steps shown in the prompt")
-    p.add_argument("--strategy", choices=["loglik", "generate"], default="loglik")
-    p.add_argument("--scoring", choices=["sum", "mean"], default=None, help="default: the library's measured choice")
-    p.add_argument("--temperature", type=float, default=1.0,
-                   help="command choice: 0 plays the best-scored command, T > 0 draws one (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--recipe", type=int, default=1)
-    p.add_argument("--take", type=int, default=1)
-    p.add_argument("--rooms", type=int, choices=[1, 6, 9, 12], default=1)
+    p.add_argument("--modes", nargs="+", help="adaptation modes, among none, per_query, per_task, knn")
+    p.add_argument("--train-games", type=int, dest="train_games", help="training games whose episodes fill the memory")
+    p.add_argument("--test-games", type=int, dest="test_games", help="held-out games played per mode")
+    p.add_argument("--n", type=int, help="N, multiset size")
+    p.add_argument("--k", type=int, help="K, candidate pool")
+    p.add_argument("--lr", type=float, help="LoRA learning rate")
+    p.add_argument("--max-steps", type=int, dest="max_steps", help="commands per game at most")
+    p.add_argument("--max-length", type=int, dest="max_length", help="training tokens per sequence")
+    p.add_argument("--history", type=int, help="earlier steps shown in the prompt")
+    p.add_argument("--strategy", help="loglik (rank the admissible commands) or generate (write one)")
+    p.add_argument("--scoring", help="sum or mean of the command's token log-probabilities")
+    p.add_argument("--temperature", type=float,
+                   help="command choice: 0 plays the best-scored command, T > 0 draws one ∝ exp(score / T)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--recipe", type=int, help="ingredients in the recipe")
+    p.add_argument("--take", type=int, help="ingredients to find")
+    p.add_argument("--rooms", type=int, help="1, 6, 9 or 12")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--model", default=PACKAGED_LLM, help="model name or HF folder")
     p.add_argument("--embedder", default=PACKAGED_EMBEDDER, help="embedder name or folder")

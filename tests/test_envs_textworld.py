@@ -295,7 +295,7 @@ class _FakeEnv:
 
 
 def test_empty_admissible_commands_raise(games, monkeypatch):
-    monkeypatch.setattr(tw_env, "_start", lambda path: (_FakeEnv(), _FakeEnv().reset()))
+    monkeypatch.setattr(tw_env, "start_game", lambda path: (_FakeEnv(), _FakeEnv().reset()))
     with pytest.raises(TextWorldEnvError, match=r"empty admissible-command list after 0 commands: \[\]"):
         play_episode(games[0], "explore", rng=0, random_share=1.0)
 

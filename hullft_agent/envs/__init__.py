@@ -26,6 +26,7 @@ _TEXTWORLD_NAMES = (
     "generate_games",
     "log_episodes",
     "play_episode",
+    "start_game",
 )
 
 __all__ = list(_TEXTWORLD_NAMES)

@@ -381,7 +381,11 @@ def _check_story_file(path: Path) -> None:
         )
 
 
-def _start(game_file: Path) -> Any:
+def start_game(game_file: Path) -> Any:
+    """Start a game file; return `(env, state)`, the state with the infos the agent and the policies read.
+
+    Raises `TextWorldEnvError` naming the file when it is not a story file or the engine refuses it.
+    """
     tw = _textworld()
     _check_story_file(game_file)
     infos = tw.EnvInfos(
@@ -449,7 +453,7 @@ def play_episode(
         )
     generator = _new_rng(rng)
 
-    env, state = _start(path)
+    env, state = start_game(path)
     try:
         game = str(state.get("extra.uuid") or path.stem)
         walkthrough = list(state.get("extra.walkthrough") or [])

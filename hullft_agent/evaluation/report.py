@@ -77,6 +77,21 @@ def paired_delta_ci(
     return _interval(samples, confidence)
 
 
+def bootstrap_mean_ci(
+    values: Sequence[float],
+    *,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of a mean (e.g. of paired per-game differences), resampling values."""
+    _check_bootstrap(n_resamples, confidence)
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        raise ValueError("bootstrap_mean_ci needs at least one value")
+    return _interval(x[_resample_index(x.size, n_resamples, seed)].mean(axis=1), confidence)
+
+
 def _check_bootstrap(n_resamples: int, confidence: float) -> None:
     if isinstance(n_resamples, bool) or not isinstance(n_resamples, int) or n_resamples < 1:
         raise ValueError(f"n_resamples must be an integer >= 1, got {n_resamples!r}")

@@ -1,6 +1,5 @@
-"""The TextWorld agent on a tiny model and real generated games: command choice, the loop, logging
-back to memory, continual learning across episodes, the per_task ledger, faults, the comparison and
-the `demo` command.
+"""The TextWorld agent on a tiny model and real generated games: the loop, what it logs back to memory,
+continual learning across episodes, the per_task ledger, faults, the comparison and the `demo` command.
 
 Two small tw-cooking games (one train, one test) are generated once for the module (about 2 s each).
 """
@@ -15,22 +14,26 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import build_tiny_model, build_tiny_tokenizer
-from langchain_core.messages import HumanMessage, SystemMessage
-from langchain_hullft import ChatHullFT, get_adaptation_report, match_answer
-from langchain_hullft._messages import to_conversation
-from langchain_hullft.textworld_agent import AgentConfig, AgentInterrupted, TextWorldAgent
-from langchain_hullft.textworld_compare import CompareConfig, run_comparison, summary_text
 
 from hullft_agent import cli
 from hullft_agent.adapter import TestTimeAdapter
+from hullft_agent.agents import compare as compare_module
+from hullft_agent.agents.compare import (
+    CompareConfig,
+    load_comparison,
+    paired_summary,
+    run_comparison,
+    summary_text,
+)
+from hullft_agent.agents.textworld import AgentConfig, AgentInterrupted, TextWorldAgent
 from hullft_agent.config import AdapterConfig, FinetuneConfig, LoRAConfig, SelectionConfig
 from hullft_agent.envs import textworld as tw_env
 from hullft_agent.envs.textworld import generate_games, log_episodes, play_episode
 from hullft_agent.memory import TrajectoryMemory
 from hullft_agent.memory.testing import HashingEmbedder
 from hullft_agent.models import LoadedModel
+from hullft_agent.runtime import Runtime
 from hullft_agent.runtime import engine as engine_module
-from hullft_agent.runtime.prompt import prompt_ids
 
 SETTINGS = CompareConfig().cooking().model_copy(update={"max_steps": 40})  # the demo's game settings
 TOKENIZER = build_tiny_tokenizer()
@@ -59,10 +62,10 @@ def memory(tmp_path, train_game) -> TrajectoryMemory:
     return memory
 
 
-def make_chat(memory: TrajectoryMemory | None, *, mode: str = "per_query", n: int = 4) -> ChatHullFT:
+def make_runtime(memory: TrajectoryMemory | None, *, mode: str = "per_query", n: int = 4) -> Runtime:
     model = build_tiny_model(len(TOKENIZER), max_positions=4096)
     if memory is None:
-        return ChatHullFT(llm=model, tokenizer=TOKENIZER, temperature=0.0, max_tokens=8, model="tiny-llama")
+        return Runtime(model, TOKENIZER, name="tiny-llama")
     config = AdapterConfig(
         selection=SelectionConfig(n=n, k=50),
         finetune=FinetuneConfig(lr=0.05, max_length=32, lora=LoRAConfig(r=4, alpha=8)),
@@ -70,104 +73,13 @@ def make_chat(memory: TrajectoryMemory | None, *, mode: str = "per_query", n: in
         incremental=True,
     )
     adapter = TestTimeAdapter(model, TOKENIZER, embedder=HashingEmbedder(DIM), source=memory, config=config)
-    return ChatHullFT(adapter=adapter, memory=memory, temperature=0.0, max_tokens=8, model="tiny-llama")
+    return Runtime(adapter=adapter, memory=memory, name="tiny-llama")
 
 
 def tiny_loaded() -> LoadedModel:
     model = build_tiny_model(len(TOKENIZER), max_positions=4096)
     return LoadedModel(model=model, tokenizer=TOKENIZER, device=torch.device("cpu"), dtype=torch.float32,
                        source="tiny-llama")
-
-
-def direct_logprobs(model, prompt: list[int], continuation: list[int]) -> list[float]:
-    with torch.no_grad():
-        logits = model(torch.tensor([prompt + continuation])).logits[0].float()
-    logp = torch.log_softmax(logits, dim=-1)
-    return [float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(continuation)]
-
-
-MESSAGES = [SystemMessage("play the game"), HumanMessage("You are in a kitchen. There is a closed fridge.")]
-CHOICES = ["open fridge", "take knife from table", "go north", "examine cookbook", "eat meal", "look"]
-
-
-# ------------------------------------------------------------------------------------ command choice
-
-
-@pytest.mark.parametrize("scoring", ["sum", "mean"])
-def test_choose_picks_the_most_likely_command_as_a_direct_computation_does(scoring):
-    chat = make_chat(None)
-    result = chat.choose(MESSAGES, CHOICES, scoring=scoring, log=False)
-    prompt = prompt_ids(chat.runtime().tokenizer, to_conversation(MESSAGES))
-    eos = TOKENIZER.eos_token_id
-    direct = [direct_logprobs(chat.llm, prompt, TOKENIZER(c, add_special_tokens=False)["input_ids"] + [eos])
-              for c in CHOICES]
-    for got, want in zip(result.token_logprobs, direct, strict=True):
-        assert got == pytest.approx(want, abs=1e-4)
-    scores = [sum(d) if scoring == "sum" else sum(d) / len(d) for d in direct]
-    best = max(range(len(CHOICES)), key=scores.__getitem__)
-    assert result.index == best and result.text == CHOICES[best] and result.message.content == CHOICES[best]
-    assert result.scores == pytest.approx(scores, abs=1e-4)
-    text_lp = sum(direct[best][:-1])  # BPB counts the command's own tokens, not the end-of-turn token
-    assert result.bpb() == pytest.approx(-text_lp / (math.log(2) * len(CHOICES[best].encode())), rel=1e-4)
-
-
-def test_choose_scores_all_commands_in_two_forward_passes():
-    chat = make_chat(None)
-    calls = []
-    handle = chat.llm.register_forward_hook(lambda module, args, kwargs_out: calls.append(1))
-    choices = [f"take item {i} from the fridge" for i in range(30)]
-    chat.choose(MESSAGES, choices, log=False)
-    handle.remove()
-    assert len(calls) == 2  # the prompt once, then all 30 commands packed into one sequence
-
-
-def test_choose_adapts_logs_and_restores_like_a_normal_call(memory):
-    chat = make_chat(memory)
-    probe = torch.tensor([TOKENIZER("open fridge")["input_ids"]])
-    with torch.no_grad():
-        base = chat.adapter.model(probe).logits
-    version = memory.version
-    result = chat.choose(MESSAGES, CHOICES, task="game", episode_id="ep-1", log_metadata={"policy": "agent"})
-    report = get_adaptation_report(result.message)
-    assert report is not None and report.adapted and result.report.selected_ids == report.selected_ids
-    assert {"prompt", "adapt", "score", "log"} <= set(result.message.response_metadata["hullft"]["timings"])
-    assert result.message.response_metadata["choice"]["text"] == result.text
-    assert memory.version == version + 1  # the observation and the command: one commit
-    rows = sorted(memory.get(result.message.response_metadata["hullft"]["logged_ids"]), key=lambda r: r["step"])
-    assert [r["kind"] for r in rows] == ["window", "window"]
-    assert rows[-1]["metadata"]["_window"]["last_text"] == result.text
-    assert rows[-1]["metadata"]["policy"] == "agent" and rows[-1]["metadata"]["chosen_by"] == "loglik"
-    with torch.no_grad():
-        assert torch.equal(base, chat.adapter.model(probe).logits)  # per_query: base model restored
-
-
-def test_choose_rejects_bad_choices_before_the_model_runs():
-    chat = make_chat(None)
-    with pytest.raises(ValueError, match="choices is empty"):
-        chat.choose(MESSAGES, [])
-    with pytest.raises(ValueError, match="repeats"):
-        chat.choose(MESSAGES, ["look", "look"])
-    with pytest.raises(TypeError, match="list of strings"):
-        chat.choose(MESSAGES, "look")
-    with pytest.raises(ValueError, match="scoring"):
-        chat.choose(MESSAGES, ["look"], scoring="max")
-
-
-def test_generated_answer_that_names_no_command_falls_back_to_the_best_scored(caplog):
-    chat = make_chat(None)
-    scored = chat.choose(MESSAGES, CHOICES, log=False)
-    result = chat.choose(MESSAGES, CHOICES, strategy="generate", log=False)
-    assert result.generated is not None and result.matched is False
-    assert "names none of the" in result.no_match and "names none of the" in caplog.text
-    assert result.text == scored.text  # the fallback is the log-likelihood choice
-
-
-def test_match_answer():
-    assert match_answer("Open fridge.", CHOICES) == 0
-    assert match_answer("> take knife from table and then go", CHOICES) == 1
-    assert match_answer("examine the cookbook", CHOICES) == 3  # close enough
-    assert match_answer("I would like to dance", CHOICES) is None
-    assert match_answer("", CHOICES) is None
 
 
 # ------------------------------------------------------------------------------------ the agent loop
@@ -197,8 +109,7 @@ def episode_rows(memory: TrajectoryMemory, episode_id: str) -> list[dict]:
 
 
 def test_agent_plays_a_few_steps_and_logs_them_back(memory, test_game):
-    chat = make_chat(memory)
-    agent = TextWorldAgent(chat, AgentConfig(max_steps=3, history=1))
+    agent = TextWorldAgent(make_runtime(memory), AgentConfig(max_steps=3, history=1))
     seen = []
     result = agent.play(test_game, label="per_query", on_step=seen.append)
     assert result.outcome == "max_steps" and result.moves == 3 and seen == result.steps
@@ -216,35 +127,61 @@ def test_agent_plays_a_few_steps_and_logs_them_back(memory, test_game):
     assert "cookbook" in infos[0]["last_text"].lower()  # the first observation carries the objective
     assert {r["task"] for r in rows} == {result.game}
     assert {r["outcome"] for r in rows} == {"max_steps"} and {r["reward"] for r in rows} == {float(result.score)}
+    metas = [{k: v for k, v in r["metadata"].items() if k != "_window"} for r in rows]
+    assert metas[0:-1:2] == [{"role": "user", "source": "hullft_agent"}] * 3
+    assert metas[-1] == {"policy": "agent", "agent": "per_query", "role": "user", "source": "hullft_agent"}
+    for index, (meta, step) in enumerate(zip(metas[1::2], result.steps, strict=True)):
+        assert meta["role"] == "assistant" and meta["source"] == "hullft_agent" and meta["model"] == "tiny-llama"
+        assert (meta["policy"], meta["agent"], meta["step"]) == ("agent", "per_query", index)
+        assert meta["chosen_by"] == "loglik" and meta["n_choices"] == step.n_admissible
+        assert 0 <= meta["choice_index"] < step.n_admissible
+        assert meta["adapted"] is True and len(meta["selected_ids"]) == len(set(meta["selected_ids"])) > 0
+
+
+def test_each_step_sends_the_runtime_a_call_of_game_text_with_the_agents_options(memory, test_game, monkeypatch):
+    runtime = make_runtime(memory)
+    calls = []
+    real_choose = runtime.choose
+
+    def spy(call, choices, **kwargs):
+        calls.append((call, list(choices), kwargs))
+        return real_choose(call, choices, **kwargs)
+
+    monkeypatch.setattr(runtime, "choose", spy)
+    config = AgentConfig(max_steps=2, history=1, temperature=0.5, seed=3)
+    result = TextWorldAgent(runtime, config, mode="per_task", n=2).play(test_game, label="probe")
+    (first, admissible, options), (second, _, _) = calls
+    assert options == {"strategy": "loglik", "scoring": config.scoring, "temperature": 0.5}
+    assert [m["role"] for m in first.conversation] == ["system", "user", "system"]
+    assert [m["role"] for m in second.conversation] == ["system", "user", "assistant", "user", "system"]
+    assert first.conversation[0]["content"] == config.system_prompt
+    assert "Admissible commands: " + "; ".join(admissible) in first.conversation[-1]["content"]
+    observations = [m["content"] for m in second.conversation if m["role"] == "user"]
+    # the adaptation context and the logged input are game text only (no system prompt, no command list)
+    assert second.context == "\n".join([observations[0], result.steps[0].action, observations[1]])
+    assert second.log_inputs == [{"kind": "observation", "text": observations[1],
+                                  "metadata": {"role": "user", "source": "hullft_agent"}}]
+    assert (second.task, second.episode_id, second.log_metadata) == (
+        result.game, result.episode_id, {"policy": "agent", "agent": "probe", "step": 1})
+    assert second.overrides.model_dump(exclude_none=True) == {"n": 2, "mode": "per_task"} and second.adapt
+    assert first.sampling.seed != second.sampling.seed  # one seed per step, the same in every mode
 
 
 def test_later_episodes_learn_from_earlier_ones_never_from_themselves(tmp_path, test_game):
     memory = TrajectoryMemory.open(tmp_path / "empty", embedder=HashingEmbedder(DIM), granularity="window")
-    chat = make_chat(memory)
-    agent = TextWorldAgent(chat, AgentConfig(max_steps=2, history=1))
-    reports = []
-    original = chat.adapter.adapt
-
-    def spy(context, **kwargs):
-        report = original(context, **kwargs)
-        reports.append((kwargs["episode_id"], report))
-        return report
-
-    chat.adapter.adapt = spy
+    agent = TextWorldAgent(make_runtime(memory), AgentConfig(max_steps=2, history=1))
     first = agent.play(test_game)
     assert all(s.skip_reason and "no candidates" in s.skip_reason for s in first.steps)  # only its own rows
     second = agent.play(test_game)
     assert all(s.adapted for s in second.steps)
-    for episode_id, report in reports:
-        selected = {r["episode_id"] for r in memory.get(report.selected_ids)}
-        assert episode_id not in selected
-        if episode_id == second.episode_id:
-            assert selected == {first.episode_id}
+    commands = [r for r in episode_rows(memory, second.episode_id) if r["metadata"]["_window"]["last_kind"] == "action"]
+    assert len(commands) == 2
+    for row in commands:  # each logged command says which memory rows its adaptation trained on
+        assert {r["episode_id"] for r in memory.get(row["metadata"]["selected_ids"])} == {first.episode_id}
 
 
 def test_per_task_agent_trains_only_what_its_game_adapter_lacks(memory, test_game):
-    chat = make_chat(memory, mode="per_task", n=6)
-    result = TextWorldAgent(chat, AgentConfig(max_steps=4, history=1)).play(test_game)
+    result = TextWorldAgent(make_runtime(memory, mode="per_task", n=6), AgentConfig(max_steps=4, history=1)).play(test_game)
     assert result.steps[0].trained == result.steps[0].selected == 6
     assert all(s.trained <= s.selected for s in result.steps)
     assert sum(s.trained for s in result.steps) < sum(s.selected for s in result.steps)
@@ -252,10 +189,10 @@ def test_per_task_agent_trains_only_what_its_game_adapter_lacks(memory, test_gam
 
 
 def test_keyboard_interrupt_logs_finished_steps_and_the_next_run_starts_cleanly(memory, test_game, monkeypatch):
-    chat = make_chat(memory)
+    runtime = make_runtime(memory)
     probe = torch.tensor([TOKENIZER("open fridge")["input_ids"]])
     with torch.no_grad():
-        base = chat.adapter.model(probe).logits
+        base = runtime.adapter.model(probe).logits
     real = engine_module.score_continuations
     calls = {"n": 0}
 
@@ -266,7 +203,7 @@ def test_keyboard_interrupt_logs_finished_steps_and_the_next_run_starts_cleanly(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(engine_module, "score_continuations", interrupt_third)
-    agent = TextWorldAgent(chat, AgentConfig(max_steps=6, history=1))
+    agent = TextWorldAgent(runtime, AgentConfig(max_steps=6, history=1))
     with pytest.raises(AgentInterrupted) as info:
         agent.play(test_game)
     partial = info.value.result
@@ -274,9 +211,9 @@ def test_keyboard_interrupt_logs_finished_steps_and_the_next_run_starts_cleanly(
     assert partial.outcome == "interrupted" and partial.moves == 2 and "interrupted after 2" in partial.reason
     rows = episode_rows(memory, partial.episode_id)
     assert len(rows) == 4 and {r["outcome"] for r in rows} == {"interrupted"}  # two whole steps, nothing half
-    assert lock_is_free(chat.lock)  # the model lock was released
+    assert lock_is_free(runtime.lock)  # the model lock was released
     with torch.no_grad():
-        assert torch.equal(base, chat.adapter.model(probe).logits)  # the interrupted adaptation was undone
+        assert torch.equal(base, runtime.adapter.model(probe).logits)  # the interrupted adaptation was undone
     monkeypatch.setattr(engine_module, "score_continuations", real)
     again = agent.play(test_game)
     assert again.outcome == "max_steps" and again.episode_id != partial.episode_id
@@ -285,7 +222,7 @@ def test_keyboard_interrupt_logs_finished_steps_and_the_next_run_starts_cleanly(
 
 
 def test_an_empty_admissible_list_ends_the_episode_with_a_reason(memory, test_game, monkeypatch):
-    real_start = tw_env._start
+    real_start = tw_env.start_game
 
     class NoCommandsAfterOneStep:
         def __init__(self, env):
@@ -303,8 +240,8 @@ def test_an_empty_admissible_list_ends_the_episode_with_a_reason(memory, test_ga
         env, state = real_start(path)
         return NoCommandsAfterOneStep(env), state
 
-    monkeypatch.setattr(tw_env, "_start", start)
-    result = TextWorldAgent(make_chat(memory), AgentConfig(max_steps=5, history=1)).play(test_game)
+    monkeypatch.setattr(tw_env, "start_game", start)
+    result = TextWorldAgent(make_runtime(memory), AgentConfig(max_steps=5, history=1)).play(test_game)
     assert result.outcome == "no_commands" and result.moves == 1
     assert "empty admissible-command list after 1 commands" in result.reason
     assert {r["outcome"] for r in episode_rows(memory, result.episode_id)} == {"no_commands"}
@@ -314,7 +251,7 @@ def test_a_game_that_cannot_start_is_reported_and_writes_nothing(memory, tmp_pat
     bad = tmp_path / "broken.z8"
     bad.write_bytes(b"\x00" * 10)
     rows = memory.count()
-    agent = TextWorldAgent(make_chat(memory))
+    agent = TextWorldAgent(make_runtime(memory))
     for game in (bad, tmp_path / "missing.z8"):
         result = agent.play(game)
         assert result.outcome == "error" and result.reason.startswith("cannot start the game")
@@ -383,28 +320,41 @@ def test_demo_command_prints_the_tables_and_the_report_path(tmp_path, cache, mon
     assert (tmp_path / "demo" / "report.md").is_file()
 
 
-def test_agent_refuses_options_it_sets_itself():
-    with pytest.raises(TypeError, match="set by the agent"):
-        TextWorldAgent(make_chat(None), task="x")
-    with pytest.raises(TypeError, match="ChatHullFT"):
+def test_demo_flags_left_out_keep_the_comparisons_defaults(tmp_path, monkeypatch, capsys):
+    seen = []
+
+    def fake_run(config, out_dir, **kwargs):
+        seen.append(config)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_load_embedder", lambda args: HashingEmbedder(DIM))
+    monkeypatch.setattr("hullft_agent.models.load_model", lambda config: tiny_loaded())
+    monkeypatch.setattr(compare_module, "run_comparison", fake_run)
+    assert cli.main(["demo", "--out", str(tmp_path)]) == 130
+    assert cli.main(["demo", "--out", str(tmp_path), "--seed", "4", "--modes", "none", "knn"]) == 130
+    assert seen == [CompareConfig(), CompareConfig(seed=4, modes=["none", "knn"])]
+    assert cli.main(["demo", "--out", str(tmp_path), "--modes", "fast"]) == 2
+    assert "unknown mode(s) ['fast']" in capsys.readouterr().err
+
+
+def test_paired_summary_of_the_readme_demo():
+    summary = paired_summary([0, 1, 1], seed=0)  # per_task - none on the 3 games of README's demo
+    assert summary["ci95"] == [0.0, 1.0] and (summary["better"], summary["worse"], summary["games"]) == (2, 0, 3)
+    assert summary["mean"] == pytest.approx(2 / 3) and summary["sd"] == pytest.approx(0.57735, abs=1e-5)
+
+
+def test_agent_takes_adapt_and_adaptation_overrides_and_refuses_other_options():
+    runtime = make_runtime(None)
+    assert TextWorldAgent(runtime, n=3, mode="per_task", adapt=False).overrides.model_dump(exclude_none=True) == {
+        "n": 3, "mode": "per_task"}
+    for option in ("task", "n_select", "strategy"):
+        with pytest.raises(TypeError, match=rf"unknown call option.*{option}.*set by the agent"):
+            TextWorldAgent(runtime, **{option: "x"})
+    with pytest.raises(TypeError, match="Runtime"):
         TextWorldAgent(object())
 
 
-def test_choice_temperature_draws_from_the_scores_softmax_reproducibly():
-    chat = make_chat(None)
-    greedy = chat.choose(MESSAGES, CHOICES, log=False)
-    probs = torch.softmax(torch.tensor(greedy.scores, dtype=torch.float64) / 2.0, dim=0)
-    draws = [chat.choose(MESSAGES, CHOICES, log=False, choice_temperature=2.0, seed=s).index for s in range(150)]
-    freq = torch.bincount(torch.tensor(draws), minlength=len(CHOICES)).double() / len(draws)
-    assert float((freq - probs).abs().max()) < 0.12
-    assert chat.choose(MESSAGES, CHOICES, log=False, choice_temperature=2.0, seed=7).index == draws[7]
-    with pytest.raises(ValueError, match="choice_temperature"):
-        chat.choose(MESSAGES, CHOICES, choice_temperature=-1)
-
-
 def test_a_saved_comparison_loads_back_and_renders_the_same_tables(tmp_path, cache):
-    from langchain_hullft.textworld_compare import load_comparison
-
     config = CompareConfig(modes=["none"], train_games=1, test_games=1, explore_episodes=0, max_length=32,
                            max_steps=2, history=0)
     loaded = tiny_loaded()

@@ -31,9 +31,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field, field_validator
 
-from hullft_agent.config import StrictConfig
-from hullft_agent.runtime import DEFAULT_SCORING, Scoring, Strategy
-from langchain_hullft.textworld_agent import (
+from hullft_agent.agents.textworld import (
     AgentConfig,
     AgentInterrupted,
     EpisodeResult,
@@ -41,10 +39,13 @@ from langchain_hullft.textworld_agent import (
     TextWorldAgent,
     action_bpb,
 )
+from hullft_agent.config import StrictConfig
+from hullft_agent.evaluation.report import bootstrap_mean_ci
+from hullft_agent.runtime import DEFAULT_SCORING, Scoring, Strategy
 
 logger = logging.getLogger(__name__)
 
-#: Per-call options of each mode (ChatHullFT.choose keyword arguments).
+#: Call options of each mode (TextWorldAgent keyword arguments: adapt and adaptation overrides).
 MODES: dict[str, dict[str, Any]] = {
     "none": {"adapt": False},
     "per_query": {"method": "hullft", "mode": "per_query"},
@@ -56,7 +57,7 @@ _BOOTSTRAP = 2000
 
 
 class CompareConfig(StrictConfig):
-    """Sizes and settings of a comparison; the defaults are the `make demo` run."""
+    """Sizes and settings of a comparison; the defaults are the `make demo` run (the CLI's only source of them)."""
 
     modes: list[str] = Field(default_factory=lambda: ["none", "per_task"], min_length=1)
     train_games: int = Field(6, ge=1, description="training games whose episodes fill the memory")
@@ -168,13 +169,11 @@ def load_comparison(out_dir: str | Path) -> Comparison:
 def paired_summary(diffs: Sequence[float], *, seed: int = 0) -> dict[str, Any]:
     """Mean, standard deviation and a seeded 95% bootstrap interval of per-game differences."""
     values = np.asarray(diffs, dtype=float)
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(_BOOTSTRAP, len(values)))].mean(axis=1)
     return {
         "games": int(len(values)),
         "mean": float(values.mean()),
         "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-        "ci95": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))],
+        "ci95": list(bootstrap_mean_ci(values, n_resamples=_BOOTSTRAP, confidence=0.95, seed=seed)),
         "better": int((values > 0).sum()),
         "worse": int((values < 0).sum()),
     }
@@ -253,7 +252,7 @@ def run_comparison(
     from hullft_agent.config import AdapterConfig, FinetuneConfig, SelectionConfig
     from hullft_agent.envs.textworld import build_textworld_memory_with_summary, generate_games
     from hullft_agent.memory import TrajectoryMemory
-    from langchain_hullft.chat_models import ChatHullFT
+    from hullft_agent.runtime import Runtime
 
     started = time.perf_counter()
     out = Path(out_dir).expanduser()
@@ -298,8 +297,8 @@ def run_comparison(
             if adapter is None:
                 adapter = TestTimeAdapter(model, embedder=embedder, source=memory, config=adapter_config)
             adapter.forget_tasks()
-            chat = ChatHullFT(adapter=adapter, memory=memory, source=memory, temperature=0.0, seed=config.seed)
-            agent = TextWorldAgent(chat, config.agent(), n_select=config.n, k=config.k, **MODES[mode])
+            runtime = Runtime(adapter=adapter, memory=memory, source=memory)
+            agent = TextWorldAgent(runtime, config.agent(), n=config.n, k=config.k, **MODES[mode])
             episodes = result.episodes.setdefault(mode, [])
             for index, game in enumerate(games):
                 with tqdm(total=None, desc=f"{mode:<9} game {index + 1}/{len(games)}", unit="cmd",
@@ -434,6 +433,17 @@ def summary_text(result: Comparison) -> str:
 # ---------------------------------------------------------------------------------------- report
 
 
+def _save_plot(plt: Any, fig: Any, ax: Any, ylabel: str, title: str, path: Path) -> str:
+    """Label, save (120 dpi) and close one figure; return the file's name for the report."""
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path.name
+
+
 def _plots(result: Comparison) -> list[str]:
     try:
         import matplotlib
@@ -458,13 +468,7 @@ def _plots(result: Comparison) -> list[str]:
                 scores.append(ep.score if ep is not None and ep.outcome != "error" else np.nan)
             ax.bar(np.arange(len(games)) + (m - (len(modes) - 1) / 2) * width, scores, width, label=mode)
         ax.set_xticks(np.arange(len(games)), [Path(g).stem.replace("game-", "") for g in games], rotation=30)
-        ax.set_ylabel("score")
-        ax.set_title("score per held-out game")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(result.out_dir / "scores.png", dpi=120)
-        plt.close(fig)
-        files.append("scores.png")
+        files.append(_save_plot(plt, fig, ax, "score", "score per held-out game", result.out_dir / "scores.png"))
     totals = {mode: mode_totals(eps) for mode, eps in result.episodes.items()}
     shown = [m for m in modes if totals[m]["steps"]]
     if shown:
@@ -473,13 +477,8 @@ def _plots(result: Comparison) -> list[str]:
         act = [totals[m]["act_s"] for m in shown]
         ax.bar(shown, adapt, label="adapt")
         ax.bar(shown, act, bottom=adapt, label="act (score commands)")
-        ax.set_ylabel("seconds per command")
-        ax.set_title("mean latency per command")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(result.out_dir / "latency.png", dpi=120)
-        plt.close(fig)
-        files.append("latency.png")
+        files.append(_save_plot(plt, fig, ax, "seconds per command", "mean latency per command",
+                                result.out_dir / "latency.png"))
     return files
 
 

@@ -1,9 +1,9 @@
-"""An agent that plays TextWorld cooking games with a `ChatHullFT` and learns from memory as it plays.
+"""An agent that plays TextWorld cooking games through the core `Runtime` and learns from memory as it plays.
 
 Each step the model sees the system prompt, the last `history` steps (observation, command) as chat
 turns, the new observation, and a closing system turn with the objective and the admissible
-commands; it picks one command with `ChatHullFT.choose` (log-likelihood of each admissible command,
-or free generation matched to one). Before that call the model adapts on memory (the chat model's
+commands; it picks one command with `Runtime.choose` (log-likelihood of each admissible command,
+or free generation matched to one). Before that call the model adapts on memory (the runtime's
 `TestTimeAdapter`, per_query or per_task), and the call logs the observation and the chosen command
 to the memory as one commit, so later games (and, in per_task mode, later steps) can learn from it.
 
@@ -29,12 +29,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from pydantic import Field
 
-from hullft_agent.config import StrictConfig
-from hullft_agent.runtime import DEFAULT_SCORING, Scoring, Strategy, lock_for
-from langchain_hullft.chat_models import ChatHullFT
+from hullft_agent.config import AdaptOverrides, StrictConfig
+from hullft_agent.runtime import DEFAULT_SCORING, Call, Runtime, SamplingParams, Scoring, Strategy, lock_for
+from hullft_agent.runtime.prompt import ASSISTANT, SYSTEM, USER, Conversation
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +61,14 @@ class AgentConfig(StrictConfig):
     )
     seed: int = Field(0, ge=0, description="seeds the draws: step s of game g always gets the same seed")
     max_tokens: int = Field(16, ge=1, description="most tokens of a generated command (strategy 'generate')")
+    generate_temperature: float = Field(
+        0.0, ge=0, description="sampling temperature of a generated command (strategy 'generate'; 0: greedy)"
+    )
+    context_messages: int = Field(
+        4, ge=1, description="the adaptation context: the last this many observations and commands of the prompt"
+    )
     system_prompt: str = Field(SYSTEM_PROMPT, min_length=1)
-    log: bool = Field(True, description="log every step to the chat model's memory")
+    log: bool = Field(True, description="log every step to the runtime's memory")
     namespace: str | None = Field(None, description="memory namespace of the logged steps (default: the memory's)")
 
 
@@ -138,44 +143,57 @@ def action_bpb(steps: list[StepRecord]) -> float | None:
     return sum(s.action_bpb * s.action_bytes for s in steps) / total if total else None
 
 
-class TextWorldAgent:
-    """Plays TextWorld games with a `ChatHullFT`: adapt on memory, choose a command, log the step.
+def adaptation_context(conversation: Conversation, last: int) -> str:
+    """The last `last` non-system texts of a prompt, the game text the adapter selects memory for."""
+    texts = [m["content"].strip() for m in conversation if m["role"] != SYSTEM][-last:]
+    return "\n".join(t for t in texts if t)
 
-    >>> agent = TextWorldAgent(chat, AgentConfig(max_steps=20), method="hullft", mode="per_task", n_select=6)
+
+class TextWorldAgent:
+    """Plays TextWorld games with a `Runtime`: adapt on memory, choose a command, log the step.
+
+    >>> runtime = Runtime(adapter=adapter, memory=memory, source=memory)
+    >>> agent = TextWorldAgent(runtime, AgentConfig(max_steps=20), method="hullft", mode="per_task", n=6)
     >>> result = agent.play(game_file)           # EpisodeResult: outcome, score, steps, timings
 
-    `call_options` are passed to every `chat.choose` call (ChatHullFT's per-call options: `adapt`,
-    `method`, `mode`, `n_select`, `k`, `lr`, `temperature`, ...). Each episode is one memory
+    The call options are `adapt` (False: the base model answers) and the `AdaptOverrides` fields
+    (`method`, `mode`, `n`, `k`, `lr`, ...), applied to every call. Each episode is one memory
     episode (`<game>/agent/<label>-<id>`) and its task is the game, so per_task mode keeps one adapter
     per game across its steps, and the running episode is never in its own candidate pool.
     """
 
-    def __init__(self, chat: ChatHullFT, config: AgentConfig | None = None, **call_options: Any) -> None:
-        if not isinstance(chat, ChatHullFT):
-            raise TypeError(f"chat must be a langchain_hullft.ChatHullFT, got {type(chat).__name__}")
-        reserved = {"task", "episode_id", "namespace", "log", "strategy", "scoring", "log_metadata"} & set(call_options)
-        if reserved:
-            raise TypeError(f"{sorted(reserved)} are set by the agent itself (use AgentConfig for strategy/scoring)")
-        self.chat = chat
+    def __init__(self, runtime: Runtime, config: AgentConfig | None = None, *, adapt: bool = True,
+                 **overrides: Any) -> None:
+        if not isinstance(runtime, Runtime):
+            raise TypeError(f"runtime must be a hullft_agent.runtime.Runtime, got {type(runtime).__name__}")
+        unknown = sorted(set(overrides) - set(AdaptOverrides.model_fields))
+        if unknown:
+            raise TypeError(
+                f"unknown call option(s) {unknown}: the agent takes adapt and the AdaptOverrides fields "
+                f"{sorted(AdaptOverrides.model_fields)}; task, episode, namespace, logging and the choice rule "
+                "are set by the agent itself (AgentConfig)"
+            )
+        self.runtime = runtime
         self.config = config or AgentConfig()
-        self.call_options = call_options
+        self.adapt = adapt
+        self.overrides = AdaptOverrides(**overrides)
 
     # ------------------------------------------------------------------ prompt
-    def messages(self, history: list[tuple[str, str]], observation: str, objective: str,
-                 admissible: list[str]) -> list[BaseMessage]:
+    def conversation(self, history: list[tuple[str, str]], observation: str, objective: str,
+                     admissible: list[str]) -> Conversation:
         """The prompt of one step: system prompt, recent turns, the observation, objective and commands.
 
         The objective and the admissible commands go in a closing system turn, so the adaptation
         context (the last non-system messages) and the logged observation hold only game text.
         """
-        out: list[BaseMessage] = [SystemMessage(self.config.system_prompt)]
+        out = [{"role": SYSTEM, "content": self.config.system_prompt}]
         for seen, did in history[-self.config.history:] if self.config.history else []:
-            out += [HumanMessage(seen), AIMessage(did)]
-        out.append(HumanMessage(observation))
+            out += [{"role": USER, "content": seen}, {"role": ASSISTANT, "content": did}]
+        out.append({"role": USER, "content": observation})
         lines = [f"Objective: {objective}"] if objective else []
         lines.append("Admissible commands: " + "; ".join(admissible))
         lines.append("Reply with one admissible command.")
-        out.append(SystemMessage("\n".join(lines)))
+        out.append({"role": SYSTEM, "content": "\n".join(lines)})
         return out
 
     # ------------------------------------------------------------------ playing
@@ -191,7 +209,7 @@ class TextWorldAgent:
 
         Raises `AgentInterrupted` on a KeyboardInterrupt, after marking what was logged `interrupted`.
         """
-        from hullft_agent.envs.textworld import NO_OUTPUT, _start, clean_observation
+        from hullft_agent.envs.textworld import NO_OUTPUT, clean_observation, start_game
         from hullft_agent.errors import TextWorldEnvError
 
         started = time.perf_counter()
@@ -199,7 +217,7 @@ class TextWorldAgent:
         result = EpisodeResult(game=path.stem, game_file=str(path), episode_id="", label=label, outcome="error",
                                reason="")
         try:
-            env, state = _start(path)
+            env, state = start_game(path)
         except (TextWorldEnvError, OSError) as exc:
             result.reason = f"cannot start the game: {exc}"
             logger.warning("skipping %s: %s", path, result.reason)
@@ -260,28 +278,34 @@ class TextWorldAgent:
               admissible: list[str], state: Any) -> StepRecord:
         plan = list(state["policy_commands"] or [])
         expert = plan[0] if plan and plan[0] in admissible else None
-        choice = self.chat.choose(
-            self.messages(history, observation, objective, admissible),
-            admissible,
-            strategy=self.config.strategy,
-            scoring=self.config.scoring,
-            choice_temperature=self.config.temperature,
-            seed=zlib.crc32(f"{self.config.seed}/{result.game}/{len(result.steps)}".encode()),
+        config = self.config
+        conversation = self.conversation(history, observation, objective, admissible)
+        call = Call(
+            conversation=conversation,
+            context=adaptation_context(conversation, config.context_messages),
+            sampling=SamplingParams(
+                max_new_tokens=config.max_tokens, temperature=config.generate_temperature,
+                seed=zlib.crc32(f"{config.seed}/{result.game}/{len(result.steps)}".encode()),
+                stop=["\n"] if config.strategy == "generate" else [],
+            ),
             task=result.game,
             episode_id=result.episode_id,
-            namespace=self.config.namespace,
-            log=self.config.log,
-            max_tokens=self.config.max_tokens,
+            namespace=config.namespace,
+            adapt=self.adapt,
+            overrides=self.overrides,
+            log=config.log,
+            log_inputs=[self._observation_step(observation, {})],
             log_metadata={"policy": "agent", "agent": result.label, "step": len(result.steps)},
-            **self.call_options,
         )
-        meta = choice.message.response_metadata["hullft"]
-        result.logged_rows += len(meta["logged_ids"])
-        if meta.get("log_error"):
-            logger.warning("%s step %d was not logged: %s", result.game, len(result.steps), meta["log_error"])
-        timings = meta["timings"]
+        choice = self.runtime.choose(call, admissible, strategy=config.strategy, scoring=config.scoring,
+                                     temperature=config.temperature)
+        outcome = choice.call
+        result.logged_rows += len(outcome.logged_ids)
+        if outcome.log_error:
+            logger.warning("%s step %d was not logged: %s", result.game, len(result.steps), outcome.log_error)
+        timings = outcome.timings
         report = choice.report
-        record = StepRecord(
+        return StepRecord(
             step=len(result.steps),
             action=choice.text,
             n_admissible=len(admissible),
@@ -301,22 +325,24 @@ class TextWorldAgent:
             generated=choice.generated,
             no_match=choice.no_match,
         )
-        return record
 
     # ------------------------------------------------------------------ memory
     def _memory(self) -> Any:
-        return self.chat.memory if self.config.log else None
+        return self.runtime.memory if self.config.log else None
+
+    def _observation_step(self, text: str, metadata: dict[str, Any]) -> dict[str, Any]:
+        return {"kind": "observation", "text": text,
+                "metadata": {**metadata, "role": USER, "source": self.runtime.log_source}}
 
     def _finish(self, result: EpisodeResult, observation: str) -> None:
         """Log the last observation and write the episode's score and outcome onto all its rows."""
         memory = self._memory()
         if memory is None or not result.steps:
             return
+        step = self._observation_step(observation, {"policy": "agent", "agent": result.label})
         with lock_for(memory):
-            memory.log_step(result.episode_id, "observation", observation, task=result.game,
-                            namespace=self.config.namespace,
-                            metadata={"policy": "agent", "agent": result.label, "role": "user",
-                                      "source": "langchain_hullft"})
+            memory.log_step(result.episode_id, step["kind"], step["text"], task=result.game,
+                            namespace=self.config.namespace, metadata=step["metadata"])
             result.logged_rows += 1
         self._mark(result)
 

@@ -1,0 +1,37 @@
+"""Applications on the core runtime: the TextWorld agent and the comparison of adaptation modes.
+
+Nothing in the core imports this package (the CLI's `demo` loads it inside the command), so the
+library keeps one dependency direction: core ← integrations ← applications.
+"""
+
+from hullft_agent.agents.compare import (
+    MODES,
+    CompareConfig,
+    Comparison,
+    load_comparison,
+    run_comparison,
+    summary_text,
+    write_report,
+)
+from hullft_agent.agents.textworld import (
+    AgentConfig,
+    AgentInterrupted,
+    EpisodeResult,
+    StepRecord,
+    TextWorldAgent,
+)
+
+__all__ = [
+    "MODES",
+    "AgentConfig",
+    "AgentInterrupted",
+    "CompareConfig",
+    "Comparison",
+    "EpisodeResult",
+    "StepRecord",
+    "TextWorldAgent",
+    "load_comparison",
+    "run_comparison",
+    "summary_text",
+    "write_report",
+]
