@@ -40,8 +40,8 @@ sys.path.insert(0, str(ROOT))
 
 RESULTS = ROOT / "benchmarks" / "results"
 WORK = Path("~/.cache/hullft-agent/bench_decisions").expanduser()
-DECISION_METHODS = ("knn", "sift", "hullft")
-CONDITIONS = ("base", "transcripts", "bc", *DECISION_METHODS)
+DECISION_METHODS = ("hullft", "knn", "sift")
+CONDITIONS = ("base", "bc", *DECISION_METHODS, "transcripts")
 #: Training formats of decision prompts: name -> (keep the system prompt, earlier messages kept).
 FORMATS = {"full": (True, None), "nosys": (False, None), "nosys-h1": (False, 2), "nosys-h0": (False, 0)}
 
@@ -125,6 +125,49 @@ def score_states(runtime: Any, agent: Any, states: list[Any], overrides: Any, ad
     return rows
 
 
+def report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]], timings: dict[str, float],
+           train_games: list[Path], test_games: list[Path], train_decisions: int, test_states: list[Any],
+           started: float) -> None:
+    """Print the table and (re)write the result files: called after every condition, so a stopped run keeps its work."""
+    import torch
+
+    reference = results.get("bc")
+    summary = {name: summarise(r, reference if name != "bc" else None) for name, r in results.items()}
+    header = ["condition", "states", "top-1 [95% CI]", "MRR", "P(expert)", "adapt s", "act s", "rows/state",
+              "top-1 − bc [95% CI]"]
+    table = [header]
+    for name, s in summary.items():
+        lo, hi = s["top1_ci"]
+        diff = (f"{s['top1_minus_bc']:+.3f} [{s['top1_minus_bc_ci'][0]:+.3f}, {s['top1_minus_bc_ci'][1]:+.3f}]"
+                if "top1_minus_bc" in s else "-")
+        table.append([name, str(s["states"]), f"{s['top1']:.3f} [{lo:.3f}, {hi:.3f}]", f"{s['mrr']:.3f}",
+                      f"{s['p_expert']:.3f}", f"{s['adapt_s']:.2f}", f"{s['act_s']:.2f}",
+                      f"{s['selected_distinct']:.1f}", diff])
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    print("\n".join(lines))
+    chance = sum(1 / len(s.admissible) for s in test_states) / len(test_states)
+    print(f"chance top-1: {chance:.3f}; time {time.perf_counter() - started:.0f} s")
+
+    suffix = f"_{args.name}" if args.name else ""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["python", "benchmarks/bench_decisions.py", *sys.argv[1:]]),
+        "machine": {"platform": platform.platform(), "threads": torch.get_num_threads()},
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "games": {"train": [g.stem for g in train_games], "test": [g.stem for g in test_games]},
+        "train_decisions": train_decisions, "chance_top1": chance, "timings": timings,
+        "summary": summary, "per_state": results, "seconds": time.perf_counter() - started,
+    }
+    (RESULTS / f"bench_decisions{suffix}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    (RESULTS / f"bench_decisions{suffix}.md").write_text(
+        f"# bench_decisions{suffix}\n\n`{payload['command']}` ({payload['date']})\n\n" + "\n".join(
+            ["| " + " | ".join(row) + " |" for row in table[:1]] + ["|" + "---|" * len(header)]
+            + ["| " + " | ".join(row) + " |" for row in table[1:]]) + f"\n\nchance top-1: {chance:.3f}\n")
+
+
 def main() -> int:
     args = parse_args()
     import numpy as np
@@ -175,14 +218,7 @@ def main() -> int:
 
     if "base" in args.conditions:
         results["base"] = score_states(agent.runtime, agent, test_states, None, False, "base")
-    if "transcripts" in args.conditions:
-        memory, _ = build_textworld_memory_with_summary(
-            args.work_dir / f"transcripts-{'harder' if args.harder else 'default'}-{args.train_games}", "train",
-            args.train_games, settings=cooking, embedder=embedder, granularity="window", window=4)
-        windows = TextWorldAgent(Runtime(adapter=adapter, source=memory), AgentConfig())
-        overrides = AdaptOverrides(method="hullft", n=args.n, k=args.k,
-                                   finetune=finetune.model_copy(update={"max_length": 128}))
-        results["transcripts"] = score_states(windows.runtime, windows, test_states, overrides, True, "transcripts")
+        report(args, results, timings, train_games, test_games, len(train_states), test_states, started)
     if "bc" in args.conditions:
         t0 = time.perf_counter()
         copy = load_model()
@@ -195,6 +231,7 @@ def main() -> int:
         timings["bc_train_s"] = time.perf_counter() - t0
         cloned = TextWorldAgent(Runtime(session.model, copy.tokenizer), AgentConfig())
         results["bc"] = score_states(cloned.runtime, cloned, test_states, None, False, "bc")
+        report(args, results, timings, train_games, test_games, len(train_states), test_states, started)
     for method in (m for m in DECISION_METHODS if m in args.conditions):
         for name in args.formats:
             system, history = FORMATS[name]
@@ -202,42 +239,18 @@ def main() -> int:
                                        decision_format=DecisionFormat(system=system, history=history))
             label = method if len(args.formats) == 1 else f"{method}/{name}"
             results[label] = score_states(agent.runtime, agent, test_states, overrides, True, label)
+            report(args, results, timings, train_games, test_games, len(train_states), test_states, started)
 
-    reference = results.get("bc")
-    summary = {name: summarise(r, reference if name != "bc" else None) for name, r in results.items()}
-    header = ["condition", "states", "top-1 [95% CI]", "MRR", "P(expert)", "adapt s", "act s", "rows/state",
-              "top-1 − bc [95% CI]"]
-    table = [header]
-    for name, s in summary.items():
-        lo, hi = s["top1_ci"]
-        diff = (f"{s['top1_minus_bc']:+.3f} [{s['top1_minus_bc_ci'][0]:+.3f}, {s['top1_minus_bc_ci'][1]:+.3f}]"
-                if "top1_minus_bc" in s else "-")
-        table.append([name, str(s["states"]), f"{s['top1']:.3f} [{lo:.3f}, {hi:.3f}]", f"{s['mrr']:.3f}",
-                      f"{s['p_expert']:.3f}", f"{s['adapt_s']:.2f}", f"{s['act_s']:.2f}",
-                      f"{s['selected_distinct']:.1f}", diff])
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in table]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    print("\n".join(lines))
-    chance = sum(1 / len(s.admissible) for s in test_states) / len(test_states)
-    print(f"chance top-1: {chance:.3f}; time {time.perf_counter() - started:.0f} s")
-
-    suffix = f"_{args.name}" if args.name else ""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python", "benchmarks/bench_decisions.py", *sys.argv[1:]]),
-        "machine": {"platform": platform.platform(), "threads": torch.get_num_threads()},
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "games": {"train": [g.stem for g in train_games], "test": [g.stem for g in test_games]},
-        "train_decisions": len(train_states), "chance_top1": chance, "timings": timings,
-        "summary": summary, "per_state": results, "seconds": time.perf_counter() - started,
-    }
-    (RESULTS / f"bench_decisions{suffix}.json").write_text(json.dumps(payload, indent=1) + "\n")
-    (RESULTS / f"bench_decisions{suffix}.md").write_text(
-        f"# bench_decisions{suffix}\n\n`{payload['command']}` ({payload['date']})\n\n" + "\n".join(
-            ["| " + " | ".join(row) + " |" for row in table[:1]] + ["|" + "---|" * len(header)]
-            + ["| " + " | ".join(row) + " |" for row in table[1:]]) + f"\n\nchance top-1: {chance:.3f}\n")
+    if "transcripts" in args.conditions:
+        memory, _ = build_textworld_memory_with_summary(
+            args.work_dir / f"transcripts-{'harder' if args.harder else 'default'}-{args.train_games}", "train",
+            args.train_games, settings=cooking, embedder=embedder, granularity="window", window=4)
+        windows = TextWorldAgent(Runtime(adapter=adapter, source=memory), AgentConfig())
+        overrides = AdaptOverrides(method="hullft", n=args.n, k=args.k,
+                                   finetune=finetune.model_copy(update={"max_length": 128}))
+        results["transcripts"] = score_states(windows.runtime, windows, test_states, overrides, True, "transcripts")
+        report(args, results, timings, train_games, test_games, len(train_states), test_states, started)
+    report(args, results, timings, train_games, test_games, len(train_states), test_states, started)
     return 0
 
 
