@@ -41,6 +41,11 @@ class InvalidStepError(HullFTError, ValueError):
         self.index = index
 
 
+class DuplicateStepError(InvalidStepError):
+    """A row the memory (or its own batch) already holds: the same id, or the same step number of the
+    same episode; nothing of the batch was written."""
+
+
 class InvalidWhereError(HullFTError, ValueError):
     """A user-supplied `where` clause was rejected (unsafe or does not parse against the table)."""
 
@@ -57,12 +62,27 @@ class EmbedderMismatchError(HullFTError, ValueError):
     """The table was written with another embedder (model name or dimension)."""
 
 
-class MemoryPinnedError(HullFTError, RuntimeError):
-    """A write or maintenance call on a memory pinned to a past version with `checkout`."""
-
-
 class EmbedderRequiredError(HullFTError, RuntimeError):
     """The call needs to embed text (or to create the table) but the memory has no embedder."""
+
+
+class MemoryNotFoundError(EmbedderRequiredError, FileNotFoundError):
+    """There is no memory table at the location and this open may not create one (no embedder, or
+    `create=False`); nothing was created there."""
+
+
+class NotAMemoryTableError(HullFTError, ValueError):
+    """The memory's location holds something other than a hullft trajectory table (a stray folder,
+    another Lance table); it is never written to."""
+
+
+class MemoryPermissionError(HullFTError, PermissionError):
+    """The memory's storage refused a write or a read: a read-only folder, missing permissions or
+    credentials."""
+
+
+class MemoryPinnedError(HullFTError, RuntimeError):
+    """A write or maintenance call on a memory pinned to a past version with `checkout`."""
 
 
 # ---------------------------------------------------------------- evaluation and environments

@@ -124,17 +124,21 @@ def _memory_config(args: argparse.Namespace) -> Any:
 
 
 def _open_memory(args: argparse.Namespace, *, embedder: bool = True) -> Any:
-    """The memory to evaluate; `embedder=False` loads no embedder (a Ray driver only reads the units)."""
-    from hullft_agent.memory import EmbedderRequiredError, TrajectoryMemory
+    """The memory to evaluate; `embedder=False` loads no embedder (a Ray driver only reads the units).
+
+    A memory that does not exist is an error, and nothing is created where it was looked for.
+    """
+    from hullft_agent.errors import MemoryNotFoundError
+    from hullft_agent.memory import TrajectoryMemory
 
     config = _memory_config(args)
     try:
-        if not embedder:
-            return TrajectoryMemory(config)
-        name = args.embedder or TrajectoryMemory(config).embedder_name
-    except EmbedderRequiredError as exc:
-        raise FileNotFoundError(f"no trajectory memory to evaluate: {exc}") from None
-    return TrajectoryMemory(config, embedder=make_embedder(name))
+        memory = TrajectoryMemory(config)  # no embedder: never creates a table (or a folder)
+    except MemoryNotFoundError as exc:
+        raise MemoryNotFoundError(f"no trajectory memory to evaluate: {exc}") from None
+    if not embedder:
+        return memory
+    return TrajectoryMemory(config, embedder=make_embedder(args.embedder or memory.embedder_name), create=False)
 
 
 def _finish(result: Any) -> int:

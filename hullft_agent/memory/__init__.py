@@ -1,12 +1,16 @@
 """Trajectory memory on LanceDB: log agent episodes as embedded sequences, serve candidate pools."""
 
 from hullft_agent.errors import (
+    DuplicateStepError,
     EmbedderMismatchError,
     EmbedderRequiredError,
     InvalidStepError,
     InvalidWhereError,
     JsonlFormatError,
+    MemoryNotFoundError,
+    MemoryPermissionError,
     MemoryPinnedError,
+    NotAMemoryTableError,
 )
 from hullft_agent.memory.config import DEFAULT_KINDS, MEMORY_URI_ENV, MemoryConfig, default_memory_uri
 from hullft_agent.memory.jsonl import import_jsonl, read_jsonl
@@ -18,6 +22,7 @@ __all__ = [
     "DEFAULT_KINDS",
     "MEMORY_URI_ENV",
     "WINDOW_KIND",
+    "DuplicateStepError",
     "EmbedderMismatchError",
     "EmbedderRequiredError",
     "EpisodeSummary",
@@ -25,7 +30,10 @@ __all__ = [
     "InvalidWhereError",
     "JsonlFormatError",
     "MemoryConfig",
+    "MemoryNotFoundError",
+    "MemoryPermissionError",
     "MemoryPinnedError",
+    "NotAMemoryTableError",
     "Step",
     "TextEmbedder",
     "TrajectoryMemory",

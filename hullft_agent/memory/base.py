@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from hullft_agent.errors import EmbedderRequiredError, MemoryPinnedError
 from hullft_agent.memory.config import MemoryConfig
-from hullft_agent.memory.lance_errors import is_conflict
+from hullft_agent.memory.lance_errors import is_conflict, permission_error
 from hullft_agent.memory.schema import ALL_NAMESPACES, check_namespace
 
 logger = logging.getLogger(__name__)
@@ -108,17 +108,21 @@ class MemoryCore:
         return vectors / norms[:, None]
 
     def _commit(self, what: str, fn: Callable[[], T]) -> T:
-        """Run one table commit, retrying with backoff (against the latest version) on a conflict."""
+        """Run one table commit (`what`: "append to", "update", ...), retrying with backoff against
+        the latest version on a conflict; a refused write becomes a `MemoryPermissionError`."""
         delay = 0.05
         retries = self.config.commit_retries
         for attempt in range(retries + 1):
             try:
                 return fn()
             except Exception as exc:  # lancedb raises RuntimeError/OSError/ValueError subclasses
+                refused = permission_error(exc, what, self.config.uri)
+                if refused is not None:
+                    raise refused from exc
                 if attempt >= retries or not is_conflict(exc):
                     raise
                 logger.warning(
-                    "%s hit a commit conflict (attempt %d/%d): %s", what, attempt + 1, retries, exc
+                    "commit (%s) hit a conflict (attempt %d/%d): %s", what, attempt + 1, retries, exc
                 )
                 time.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 2.0)

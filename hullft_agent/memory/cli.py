@@ -14,28 +14,16 @@ import logging
 import sys
 from typing import Any
 
-from hullft_agent.errors import (
-    EmbedderMismatchError,
-    EmbedderRequiredError,
-    JsonlFormatError,
-    MemoryPinnedError,
-)
+from hullft_agent.errors import HullFTError, MemoryNotFoundError
 from hullft_agent.memory.config import MemoryConfig, default_memory_uri
-from hullft_agent.memory.jsonl import import_jsonl
+from hullft_agent.memory.jsonl import add_steps, read_jsonl, rows_to_lines
 from hullft_agent.memory.schema import ALL_NAMESPACES
 from hullft_agent.memory.store import TrajectoryMemory
+from hullft_agent.memory.writing import check_steps
 
 logger = logging.getLogger(__name__)
 
-_USER_ERRORS = (
-    ValueError,
-    TypeError,
-    FileNotFoundError,
-    EmbedderMismatchError,
-    EmbedderRequiredError,
-    MemoryPinnedError,
-    JsonlFormatError,
-)
+_USER_ERRORS = (HullFTError, ValueError, TypeError, FileNotFoundError)
 
 
 def make_embedder(model: str | None) -> Any:
@@ -66,34 +54,36 @@ def _config(args: argparse.Namespace, **extra: Any) -> MemoryConfig:
     return MemoryConfig(**values)
 
 
-def _open(
-    args: argparse.Namespace, *, need_embedder: bool, create: bool = False, **extra: Any
-) -> TrajectoryMemory:
-    config = _config(args, **extra)
-    if not need_embedder:
-        return TrajectoryMemory(config)
-    model = args.embedder
-    if model is None:
-        try:  # use the embedder the table was written with
-            model = TrajectoryMemory(
-                config.model_copy(update={"granularity": None, "window": None})
-            ).embedder_name
-        except EmbedderRequiredError:
-            if not create:
-                raise
-    return TrajectoryMemory(config, embedder=make_embedder(model))
+def _open(args: argparse.Namespace, *, embedder: bool) -> TrajectoryMemory:
+    """An existing memory (a missing one is an error and nothing is created), with the embedder it
+    was written with (or --embedder) when `embedder`."""
+    config = _config(args)
+    memory = TrajectoryMemory(config)
+    if not embedder:
+        return memory
+    return TrajectoryMemory(
+        config, embedder=make_embedder(args.embedder or memory.embedder_name), create=False
+    )
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    memory = _open(
-        args,
-        need_embedder=True,
-        create=True,
-        granularity=args.granularity,
-        window=args.window,
-        write_batch_size=args.batch_size,
+    steps, lines = read_jsonl(args.file)  # a missing or malformed file fails before anything is opened
+    config = _config(args, granularity=args.granularity, window=args.window, write_batch_size=args.batch_size)
+    model = args.embedder
+    if model is None:
+        try:  # the embedder the table was written with; a new table gets the default one
+            model = TrajectoryMemory(
+                config.model_copy(update={"granularity": None, "window": None})
+            ).embedder_name
+        except MemoryNotFoundError:
+            model = None
+    embedder = make_embedder(model)
+    with rows_to_lines(args.file, lines):  # every step is valid before a table is created
+        check_steps(steps, dim=int(embedder.dim), kinds=config.kinds, namespace=config.namespace)
+    memory = TrajectoryMemory(config, embedder=embedder)
+    summary = add_steps(
+        memory, args.file, steps, lines, namespace=args.namespace, progress=not args.no_progress
     )
-    summary = import_jsonl(memory, args.file, namespace=args.namespace, progress=not args.no_progress)
     _out(
         f"imported {summary['rows']} rows ({summary['episodes']} episodes, {summary['lines']} lines) "
         f"into {memory.uri}/{memory.table_name} (version {memory.version})"
@@ -102,7 +92,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    memory = _open(args, need_embedder=False)
+    memory = _open(args, embedder=False)
     stats = memory.stats(args.namespace if args.namespace is not None else ALL_NAMESPACES)
     if args.json:
         _out(json.dumps(stats, indent=2, default=str))
@@ -119,7 +109,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    memory = _open(args, need_embedder=True)
+    memory = _open(args, embedder=True)
     pool = memory.candidates(
         context=args.text,
         k=args.k,
@@ -154,7 +144,7 @@ def _cmd_forget(args: argparse.Namespace) -> int:
         raise ValueError("--all deletes a whole namespace; do not combine it with --id/--episode/--task")
     if args.all and (args.namespace is None or not args.yes):
         raise ValueError("--all needs an explicit --namespace and --yes")
-    memory = _open(args, need_embedder=False)
+    memory = _open(args, embedder=False)
     deleted = memory.forget(
         ids=args.id or None,
         episode_id=args.episode,
@@ -209,7 +199,9 @@ def add_memory_commands(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("file", help="JSONL: one episode {'episode_id', 'steps': [...]} or one step per line")
     p.add_argument("--granularity", choices=["step", "window"], default=None, help="for a new table")
     p.add_argument("--window", type=int, default=None, help="steps per window (granularity window)")
-    p.add_argument("--batch-size", type=int, default=None, help="rows per commit")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="rows per Arrow batch (the import is one commit)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_guard(_cmd_import))
 

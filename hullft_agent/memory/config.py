@@ -62,7 +62,11 @@ class MemoryConfig(StrictConfig):
         "0 checks on every read, None never (call refresh())",
     )
     embed_batch_size: int = Field(256, ge=1, description="texts per embedder call in add()")
-    write_batch_size: int = Field(50_000, ge=1, description="rows per commit in add()")
+    write_batch_size: int = Field(
+        50_000,
+        ge=1,
+        description="rows per Arrow batch handed to Lance in add() (the whole call is one commit)",
+    )
     optimize_every: int = Field(
         200, ge=0, description="run optimize() after this many commits of this process (0: never)"
     )

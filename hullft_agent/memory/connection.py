@@ -2,13 +2,16 @@
 
 A local folder is an embedded LanceDB database; `s3://`, `gs://`, `az://` URIs put it on an object
 store and `db://` on LanceDB Cloud/Enterprise. The table's embedder, dimension and layout are
-stamped on its schema when it is created and checked on every open.
+stamped on its schema when it is created and checked on every open. Nothing is written unless a
+table is created: a memory that does not exist (and may not be created) leaves no folder behind,
+and a local folder under the table's name that Lance cannot open is never written into.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -16,9 +19,9 @@ from typing import Any
 
 import lancedb
 
-from hullft_agent.errors import EmbedderMismatchError, EmbedderRequiredError
+from hullft_agent.errors import EmbedderMismatchError, MemoryNotFoundError, NotAMemoryTableError
 from hullft_agent.memory.config import MemoryConfig
-from hullft_agent.memory.lance_errors import is_table_existing, is_table_missing
+from hullft_agent.memory.lance_errors import is_table_existing, is_table_missing, permission_error
 from hullft_agent.memory.schema import (
     META_DIM,
     META_EMBEDDER,
@@ -31,6 +34,8 @@ from hullft_agent.memory.schema import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_WINDOW = 4
+#: How long to wait for a table another process is creating before calling its folder foreign.
+_CREATE_WAIT_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -47,10 +52,17 @@ def is_local(uri: str) -> bool:
     return "://" not in uri or uri.startswith("file://")
 
 
+def local_root(uri: str) -> Path | None:
+    """The folder of a local memory (None for object stores and LanceDB Cloud)."""
+    return Path(uri.removeprefix("file://")).expanduser() if is_local(uri) else None
+
+
 def connect(config: MemoryConfig) -> Any:
     """The lancedb connection of `config.uri` (API key from `config.api_key` or $LANCEDB_API_KEY)."""
     interval = (
-        None if config.read_consistency_interval is None else timedelta(seconds=config.read_consistency_interval)
+        None
+        if config.read_consistency_interval is None
+        else timedelta(seconds=config.read_consistency_interval)
     )
     kwargs: dict[str, Any] = {"read_consistency_interval": interval}
     if config.storage_options:
@@ -63,22 +75,67 @@ def connect(config: MemoryConfig) -> Any:
         kwargs.update(api_key=api_key, region=config.region)
         if config.host_override:
             kwargs["host_override"] = config.host_override
-    elif is_local(uri):
-        uri = str(Path(uri.removeprefix("file://")).expanduser())
-    logger.debug("connecting to trajectory memory at %s", uri)
-    return lancedb.connect(uri, **kwargs)
+    root = local_root(uri)
+    logger.debug("connecting to trajectory memory at %s", root or uri)
+    try:
+        return lancedb.connect(str(root) if root is not None else uri, **kwargs)
+    except Exception as exc:
+        refused = permission_error(exc, "open", config.uri)
+        if refused is not None:
+            raise refused from exc
+        raise
 
 
-def open_table(db: Any, config: MemoryConfig, embedder: Any) -> tuple[Any, TableLayout]:
-    """Open the memory's table, creating it (stamped with `embedder`) when it does not exist."""
+def open_table(config: MemoryConfig, embedder: Any, *, create: bool) -> tuple[Any, Any, TableLayout]:
+    """Connect and open the memory's table: (db, table, layout). A missing table is created
+    (stamped with `embedder`) when `create` and an embedder allow it, else `MemoryNotFoundError`."""
+    root = local_root(config.uri)
+    folder = None if root is None else root / f"{config.table}.lance"
+    may_create = create and embedder is not None
+    if folder is not None and not may_create and not os.path.lexists(folder):
+        raise _missing(config, embedder)  # checked before connecting, which would make the folder
+    if folder is not None and os.path.lexists(folder) and not folder.is_dir():
+        raise _foreign(folder)
+    db = connect(config)
     table = _try_open(db, config.table)
+    if table is None and folder is not None and os.path.lexists(folder):
+        table = _wait_for_table(db, config, folder)
     if table is None:
-        if embedder is None:
-            raise EmbedderRequiredError(
-                f"there is no memory table {config.table!r} at {config.uri}; pass an embedder to create it"
-            )
+        if not may_create:
+            raise _missing(config, embedder)
         table = _create(db, config, embedder)
-    return table, _check_layout(table, config, embedder)
+    return db, table, _check_layout(table, config, embedder)
+
+
+def _missing(config: MemoryConfig, embedder: Any) -> MemoryNotFoundError:
+    where = f"there is no memory table {config.table!r} at {config.uri}"
+    if embedder is None:
+        return MemoryNotFoundError(f"{where}; pass an embedder to create it")
+    return MemoryNotFoundError(f"{where} (and this open does not create one)")
+
+
+def _wait_for_table(db: Any, config: MemoryConfig, folder: Path) -> Any:
+    """The table's folder exists but Lance cannot open it: another process may be creating the
+    table (wait a moment for it). An empty folder holds nothing (None: create the table in it);
+    anything else is not ours to write into."""
+    deadline = time.monotonic() + _CREATE_WAIT_S
+    while folder.is_dir():
+        if not any(folder.iterdir()):
+            return None
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+        table = _try_open(db, config.table)
+        if table is not None:
+            return table
+    raise _foreign(folder)
+
+
+def _foreign(folder: Path) -> NotAMemoryTableError:
+    return NotAMemoryTableError(
+        f"{folder} exists but is not a Lance table; the memory will not write into it "
+        "(move it away, or use another uri or table name)"
+    )
 
 
 def _try_open(db: Any, name: str) -> Any:
@@ -97,6 +154,9 @@ def _create(db: Any, config: MemoryConfig, embedder: Any) -> Any:
     try:
         table = db.create_table(config.table, schema=schema)
     except Exception as exc:
+        refused = permission_error(exc, "create a table in", config.uri)
+        if refused is not None:
+            raise refused from exc
         if not is_table_existing(exc):
             raise
         return db.open_table(config.table)  # created meanwhile by another process
@@ -108,7 +168,9 @@ def _check_layout(table: Any, config: MemoryConfig, embedder: Any) -> TableLayou
     where = f"{config.uri}/{config.table}"
     settings = table_settings(table.schema)
     if settings is None:
-        raise ValueError(f"table {config.table!r} at {config.uri} is not a hullft trajectory memory (no embedder stamp)")
+        raise NotAMemoryTableError(
+            f"table {config.table!r} at {config.uri} is not a hullft trajectory memory (no embedder stamp)"
+        )
     layout = TableLayout(
         embedder_name=settings[META_EMBEDDER],
         dim=int(settings[META_DIM]),

@@ -127,7 +127,7 @@ def learn_from_sql(learn_from: LearnFrom) -> str | None:
             expr = expr & part
         sql = expr.to_sql()
     if learn_from.actors is not None:
-        actors = " OR ".join(f"metadata LIKE '%\"actor\": \"{a}\"%'" for a in learn_from.actors)
+        actors = " OR ".join(f'metadata LIKE \'%"actor": "{a}"%\'' for a in learn_from.actors)
         sql = combine(sql, actors)
     return sql
 

@@ -21,6 +21,8 @@ them; `namespace` defaults to the memory's (or the `--namespace` option). Step f
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -83,6 +85,8 @@ def read_jsonl(path: str | Path) -> tuple[list[Step], list[int]]:
                 data = json.loads(raw)
             except json.JSONDecodeError as exc:
                 raise JsonlFormatError(f"{where}: not valid JSON ({exc.msg})", number) from exc
+            except ValueError as exc:  # e.g. an integer beyond Python's digit limit
+                raise JsonlFormatError(f"{where}: not valid JSON ({exc})", number) from exc
             if not isinstance(data, dict):
                 raise JsonlFormatError(f"{where}: each line must be a JSON object", number)
             try:
@@ -120,23 +124,42 @@ def read_jsonl(path: str | Path) -> tuple[list[Step], list[int]]:
     return steps, lines
 
 
-def import_jsonl(
-    memory: Any, path: str | Path, *, namespace: str | None = None, progress: bool = False
-) -> dict[str, Any]:
-    """Validate the whole file, then embed and append it; return {'rows', 'episodes', 'lines'}.
-
-    A bad line rejects the import before anything is written (the error names the line).
-    """
-    steps, lines = read_jsonl(path)
-    if not steps:
-        return {"rows": 0, "episodes": 0, "lines": 0}
+@contextmanager
+def rows_to_lines(path: str | Path, lines: list[int]) -> Iterator[None]:
+    """Turn an `InvalidStepError` about row i of a file's steps into a `JsonlFormatError` naming
+    the line the row came from."""
     try:
-        ids = memory.add(steps, namespace=namespace, progress=progress)
+        yield
     except InvalidStepError as exc:
         if exc.index is None:
             raise
         line = lines[exc.index]
         message = str(exc).split(": ", 1)[-1]
         raise JsonlFormatError(f"{path}:{line}: {message}", line) from exc
+
+
+def add_steps(
+    memory: Any,
+    path: str | Path,
+    steps: list[Step],
+    lines: list[int],
+    *,
+    namespace: str | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Append the steps `read_jsonl(path)` returned (one commit); return {'rows', 'episodes', 'lines'}."""
+    if not steps:
+        return {"rows": 0, "episodes": 0, "lines": 0}
+    with rows_to_lines(path, lines):
+        ids = memory.add(steps, namespace=namespace, progress=progress)
     episodes = {(s.namespace or namespace, s.episode_id) for s in steps}
     return {"rows": len(ids), "episodes": len(episodes), "lines": len(set(lines))}
+
+
+def import_jsonl(
+    memory: Any, path: str | Path, *, namespace: str | None = None, progress: bool = False
+) -> dict[str, Any]:
+    """Validate the whole file, then embed and append it in one commit; return {'rows', 'episodes',
+    'lines'}. A bad line rejects the import before anything is written (the error names the line)."""
+    steps, lines = read_jsonl(path)
+    return add_steps(memory, path, steps, lines, namespace=namespace, progress=progress)

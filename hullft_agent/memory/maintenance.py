@@ -16,7 +16,6 @@ from hullft_agent.memory.base import MemoryCore
 from hullft_agent.memory.filters import scope
 from hullft_agent.memory.queries import META_INDEX_PARTITIONS, vector_index
 from hullft_agent.memory.schema import META_INDEX_ROWS, check_name, check_namespace
-from hullft_agent.memory.steps import StepLedger
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +26,6 @@ MIN_INDEX_ROWS = 256
 class MaintenanceMixin(MemoryCore):
     """`forget`, versions (`checkout`, `pinned_to`, `refresh`), `optimize` and `create_index`."""
 
-    _steps: StepLedger
     _has_index: bool | None
 
     # ------------------------------------------------------------------ forgetting
@@ -66,9 +64,8 @@ class MaintenanceMixin(MemoryCore):
         before = int(table.count_rows(where))
         if before == 0:
             return 0
-        result = self._commit("delete", lambda: table.delete(where))
+        result = self._commit("delete from", lambda: table.delete(where))
         deleted = getattr(result, "num_deleted_rows", None)
-        self._steps.forget(ns, episode_id)
         self._after_write()
         logger.info("forgot %s rows in namespace %r", deleted if deleted is not None else before, ns)
         return int(deleted) if deleted is not None else before
@@ -201,7 +198,7 @@ class MaintenanceMixin(MemoryCore):
                 params["num_partitions"] = int(max(1, min(4096, rows // 32, round(math.sqrt(rows)))))
         start = time.perf_counter()
         self._commit(
-            "create_index",
+            "index",
             lambda: table.create_index(
                 "vector", config=classes[kind](distance_type="cosine", **params), replace=True
             ),
@@ -214,7 +211,7 @@ class MaintenanceMixin(MemoryCore):
             ("id", lidx.BTree()),
         ):
             self._commit(
-                "create_scalar_index",
+                "index",
                 lambda c=column, cfg=scalar: table.create_index(c, config=cfg, replace=True),
             )
         try:

@@ -126,8 +126,15 @@ class QueryMixin(MemoryCore):
         base = scope(ns, task=task, exclude_episode=exclude_episode)
         if learn_from is not None:
             base = combine(base, learn_from_sql(learn_from))
-            where = where if learn_from.where is None else (
-                learn_from.where if where is None else f"({where}) AND ({check_where_syntax(learn_from.where)})")
+            where = (
+                where
+                if learn_from.where is None
+                else (
+                    learn_from.where
+                    if where is None
+                    else f"({where}) AND ({check_where_syntax(learn_from.where)})"
+                )
+            )
             if fields != "all":
                 given = [] if fields is None else [fields] if isinstance(fields, str) else list(fields)
                 fields = [*given, *(c for c in ("kind", "reward", "outcome", "metadata") if c not in given)]
@@ -236,7 +243,9 @@ class QueryMixin(MemoryCore):
         if not wanted:
             return []
         columns = list(SCALAR_COLUMNS) + (["vector"] if with_vectors else [])
-        found = select(table, scope(self._ns(namespace, allow_all=True), ids=wanted), columns, limit=len(wanted))
+        found = select(
+            table, scope(self._ns(namespace, allow_all=True), ids=wanted), columns, limit=len(wanted)
+        )
         by_id = {r["id"]: r for r in records(found)}
         if with_vectors:
             for r, v in zip(found["id"].to_pylist(), found["vector"].to_pylist(), strict=True):

@@ -58,6 +58,8 @@ COLUMNS = (
 SCALAR_COLUMNS = tuple(c for c in COLUMNS if c != "vector")
 
 _MAX_NAME = 256
+#: Step numbers are stored as int64.
+MAX_STEP = 2**63 - 1
 
 
 @lru_cache(maxsize=32)
@@ -112,12 +114,20 @@ def table_settings(schema: pa.Schema) -> dict[str, str] | None:
     return meta
 
 
+def check_unicode(value: str, what: str) -> str:
+    """Reject a string UTF-8 cannot encode (a lone surrogate, e.g. from a JSON `"\\ud800"` escape)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{what} is not valid Unicode: a lone surrogate {value[exc.start]!r} at position {exc.start}"
+        ) from None
+    return value
+
+
 def check_namespace(value: Any, what: str = "namespace") -> str:
     """A namespace is a non-empty string of at most 256 printable characters, other than '*'."""
-    if not isinstance(value, str):
-        raise TypeError(f"{what} must be a str, got {type(value).__name__}")
-    if not value.strip() or len(value) > _MAX_NAME or not value.isprintable():
-        raise ValueError(f"{what} must be 1-{_MAX_NAME} printable characters, got {value!r:.80}")
+    value = check_name(value, what)
     if value == ALL_NAMESPACES:
         raise ValueError(f"{what} {ALL_NAMESPACES!r} is reserved (it selects every namespace in reads)")
     return value
@@ -127,6 +137,7 @@ def check_name(value: Any, what: str) -> str:
     """Episode ids, tasks and row ids: non-empty strings of at most 256 characters, no control chars."""
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a str, got {type(value).__name__}")
+    check_unicode(value, what)
     if not value.strip() or len(value) > _MAX_NAME or not value.isprintable():
         raise ValueError(f"{what} must be 1-{_MAX_NAME} printable characters, got {value!r:.80}")
     return value
@@ -189,6 +200,8 @@ def _check_int(value: Any, what: str) -> int:
         raise TypeError(f"{what} must be an int, got {type(value).__name__}")
     if value < 0:
         raise ValueError(f"{what} must be >= 0, got {value}")
+    if value > MAX_STEP:
+        raise ValueError(f"{what} must be at most {MAX_STEP}, got {value}")
     return int(value)
 
 
@@ -197,7 +210,7 @@ def check_text(value: Any, what: str = "text") -> str:
         raise TypeError(f"{what} must be a str, got {type(value).__name__}")
     if not value.strip():
         raise ValueError(f"{what} is empty; a step's text must contain non-whitespace characters")
-    return value
+    return check_unicode(value, what)
 
 
 def check_reward(value: Any) -> float | None:
@@ -205,9 +218,13 @@ def check_reward(value: Any) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"reward must be a number or None, got {type(value).__name__}")
-    if not math.isfinite(float(value)):
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ValueError("reward must be finite, got an integer too large for a float") from None
+    if not math.isfinite(number):
         raise ValueError(f"reward must be finite, got {value}")
-    return float(value)
+    return number
 
 
 def check_outcome(value: Any) -> str | None:
@@ -215,7 +232,7 @@ def check_outcome(value: Any) -> str | None:
         return None
     if not isinstance(value, str):
         raise TypeError(f"outcome must be a str or None, got {type(value).__name__}")
-    return value
+    return check_unicode(value, "outcome")
 
 
 def check_metadata(value: Any) -> dict[str, Any]:
@@ -224,9 +241,10 @@ def check_metadata(value: Any) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise TypeError(f"metadata must be a JSON object (dict) or None, got {type(value).__name__}")
     try:
-        json.dumps(value, allow_nan=False)
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"metadata is not JSON-serialisable: {exc}") from exc
+    check_unicode(text, "metadata")
     if WINDOW_META in value:
         raise ValueError(f"metadata key {WINDOW_META!r} is reserved for window rows")
     return dict(value)

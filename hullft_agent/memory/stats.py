@@ -67,7 +67,9 @@ class StatsMixin(MemoryCore):
         base = scope(
             self._ns(namespace, allow_all=True), task=None if task is None else check_name(task, "task")
         )
-        found = select(table, base, ["namespace", "episode_id", "task", "step", "reward", "outcome", "created_at"])
+        found = select(
+            table, base, ["namespace", "episode_id", "task", "step", "reward", "outcome", "created_at"]
+        )
         if found.num_rows == 0:
             return []
         grouped = found.group_by(["namespace", "episode_id"]).aggregate(

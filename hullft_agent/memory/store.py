@@ -18,7 +18,7 @@ from typing import Any
 
 from hullft_agent.memory.base import TextEmbedder
 from hullft_agent.memory.config import MemoryConfig
-from hullft_agent.memory.connection import connect, open_table
+from hullft_agent.memory.connection import open_table
 from hullft_agent.memory.maintenance import MaintenanceMixin
 from hullft_agent.memory.queries import QueryMixin
 from hullft_agent.memory.stats import EpisodeSummary, StatsMixin
@@ -46,6 +46,7 @@ class TrajectoryMemory(WriterMixin, QueryMixin, StatsMixin, MaintenanceMixin):
         config: MemoryConfig | None = None,
         *,
         embedder: TextEmbedder | None = None,
+        create: bool = True,
         **overrides: Any,
     ) -> None:
         base = config or MemoryConfig()
@@ -57,8 +58,7 @@ class TrajectoryMemory(WriterMixin, QueryMixin, StatsMixin, MaintenanceMixin):
         self._has_index = None
         self._probe_cache = None
         self._index_kind = None
-        self._db = connect(self.config)
-        self._table, layout = open_table(self._db, self.config, embedder)
+        self._db, self._table, layout = open_table(self.config, embedder, create=create)
         self._dim = layout.dim
         self._embedder_name = layout.embedder_name
         self._granularity = layout.granularity
@@ -73,14 +73,17 @@ class TrajectoryMemory(WriterMixin, QueryMixin, StatsMixin, MaintenanceMixin):
         embedder: TextEmbedder | None = None,
         namespace: str | None = None,
         config: MemoryConfig | None = None,
+        create: bool = True,
         **overrides: Any,
     ) -> TrajectoryMemory:
-        """Open (creating if needed) the memory at `uri`; creating a table needs an embedder."""
+        """Open the memory at `uri`, creating its table when it does not exist (that needs an
+        embedder). Without an embedder, or with `create=False`, a missing memory raises
+        `MemoryNotFoundError` and nothing is created."""
         if uri is not None:
             overrides["uri"] = str(uri)
         if namespace is not None:
             overrides["namespace"] = namespace
-        return cls(config, embedder=embedder, **overrides)
+        return cls(config, embedder=embedder, create=create, **overrides)
 
     @property
     def uri(self) -> str:

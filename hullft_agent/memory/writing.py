@@ -1,4 +1,5 @@
-"""Logging steps and episodes: validate every row, number the steps, embed, append, update episodes."""
+"""Logging steps and episodes: validate every row, number the steps, embed, append (one commit per
+call), update finished episodes."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from tqdm.auto import tqdm
 
-from hullft_agent.errors import InvalidStepError
+from hullft_agent.errors import DuplicateStepError, InvalidStepError
 from hullft_agent.memory.base import MemoryCore, select
+from hullft_agent.memory.connection import local_root
 from hullft_agent.memory.filters import scope
+from hullft_agent.memory.locking import write_lock
 from hullft_agent.memory.schema import (
     CheckedStep,
     Step,
@@ -51,6 +55,74 @@ def _as_step(item: Any) -> Step | Mapping[str, Any]:
     if isinstance(item, tuple) and len(item) == 2:
         return Step(kind=item[0], text=item[1])
     raise TypeError(f"a step must be a Step, a mapping or a (kind, text) tuple, got {type(item).__name__}")
+
+
+def check_steps(
+    items: list[Any],
+    *,
+    dim: int,
+    kinds: tuple[str, ...],
+    namespace: str,
+    episode_id: str | None = None,
+    task: str | None = None,
+    vectors: np.ndarray | None = None,
+    granularity: str = "step",
+) -> tuple[list[CheckedStep], list[bool]]:
+    """Validate a batch without touching a table: the checked steps, and which ones name their id.
+
+    Raises `InvalidStepError` naming the first bad row (`DuplicateStepError` for an id or a step
+    number an earlier row of the batch has).
+    """
+    if vectors is not None:
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[0] != len(items):
+            raise InvalidStepError(f"vectors must have shape ({len(items)}, {dim}), got {vectors.shape}")
+    now = datetime.now(timezone.utc)
+    checked: list[CheckedStep] = []
+    given_ids: list[bool] = []
+    for i, raw in enumerate(items):
+        try:
+            item = _as_step(raw)
+            given_ids.append((item.id if isinstance(item, Step) else item.get("id")) is not None)
+            one = check_step(
+                item,
+                dim=dim,
+                kinds=kinds,
+                default_namespace=namespace,
+                default_episode=episode_id,
+                default_task=task,
+                now=now,
+            )
+            if vectors is not None:
+                if one.vector is not None:
+                    raise ValueError("a vector is given both in the step and in vectors=")
+                one.vector = check_vector(vectors[i], dim, what=f"vectors[{i}]")
+            if one.vector is not None and granularity == "window":
+                raise ValueError(
+                    "precomputed vectors cannot be used with granularity 'window' "
+                    "(each row embeds the transcript of its window)"
+                )
+        except (TypeError, ValueError) as exc:
+            raise InvalidStepError(f"row {i}{_describe(raw)}: {exc}", index=i) from exc
+        checked.append(one)
+    _check_repeats(checked)
+    return checked, given_ids
+
+
+def _check_repeats(checked: list[CheckedStep]) -> None:
+    seen: dict[str, int] = {}
+    keys: dict[tuple[str, str, int], int] = {}
+    for i, row in enumerate(checked):
+        if row.id in seen:
+            raise DuplicateStepError(f"row {i}: id {row.id!r} repeats row {seen[row.id]}", index=i)
+        seen[row.id] = i
+        if row.step is not None:
+            key = (row.namespace, row.episode_id, row.step)
+            if key in keys:
+                raise DuplicateStepError(
+                    f"row {i}: step {row.step} of episode {row.episode_id!r} repeats row {keys[key]}", index=i
+                )
+            keys[key] = i
 
 
 class WriterMixin(MemoryCore):
@@ -147,108 +219,95 @@ class WriterMixin(MemoryCore):
         vectors: np.ndarray | None = None,
         progress: bool = False,
     ) -> list[str]:
-        """Validate, embed (in batches) and append steps; return the ids of the rows written.
+        """Validate, embed and append steps as one commit; return the ids of the rows written.
 
         Every step is validated before anything is embedded or written: one bad step rejects the
-        whole call with an `InvalidStepError` naming its row. `vectors` (n, d) gives precomputed
-        embeddings of the step texts (granularity 'step' only). Rows are committed in chunks of
-        `config.write_batch_size`, each chunk atomically.
+        whole call with an `InvalidStepError` naming its row (`DuplicateStepError` for an id, or an
+        explicit step number of its episode, the memory already holds). `vectors` (n, d) gives
+        precomputed embeddings of the step texts (granularity 'step' only). Steps without a number
+        take the next free ones of their episode, read from the table at commit time under the
+        memory's write lock, so concurrent writers never share one. However many rows, the call is
+        a single Lance commit (`write_batch_size` rows per Arrow batch): readers, and a crash, see
+        all of it or none of it.
         """
         table = self._check_writable()
         items = list(steps)
         if not items:
             return []
-        if vectors is not None:
-            vectors = np.asarray(vectors, dtype=np.float32)
-            if vectors.ndim != 2 or vectors.shape[0] != len(items):
-                raise InvalidStepError(
-                    f"vectors must have shape ({len(items)}, {self._dim}), got {vectors.shape}"
-                )
-        default_ns = self._ns(namespace)
-        now = datetime.now(timezone.utc)
-        checked: list[CheckedStep] = []
-        given_ids: list[bool] = []
-        for i, raw in enumerate(items):
-            try:
-                item = _as_step(raw)
-                given_ids.append((item.id if isinstance(item, Step) else item.get("id")) is not None)
-                one = check_step(
-                    item,
-                    dim=self._dim,
-                    kinds=self.config.kinds,
-                    default_namespace=default_ns,
-                    default_episode=episode_id,
-                    default_task=task,
-                    now=now,
-                )
-                if vectors is not None:
-                    if one.vector is not None:
-                        raise ValueError("a vector is given both in the step and in vectors=")
-                    one.vector = check_vector(vectors[i], self._dim, what=f"vectors[{i}]")
-                if one.vector is not None and self._granularity == "window":
-                    raise ValueError(
-                        "precomputed vectors cannot be used with granularity 'window' "
-                        "(each row embeds the transcript of its window)"
-                    )
-            except (TypeError, ValueError) as exc:
-                raise InvalidStepError(f"row {i}{_describe(raw)}: {exc}", index=i) from exc
-            checked.append(one)
-        self._check_unique(table, checked, given_ids)
-        self._steps.number(table, checked)
-        rows, row_vectors = self._steps.rows(table, checked)
-        ids = self._write(table, rows, row_vectors, progress=progress)
-        self._steps.remember(checked)
+        checked, given_ids = check_steps(
+            items,
+            dim=self._dim,
+            kinds=self.config.kinds,
+            namespace=self._ns(namespace),
+            episode_id=episode_id,
+            task=task,
+            vectors=vectors,
+            granularity=self._granularity,
+        )
+        with tqdm(total=len(checked), desc="logging", unit="row", disable=not progress, leave=False) as bar:
+            matrix = None
+            if self._granularity == "step":  # the vectors do not depend on step numbers: embed unlocked
+                matrix = self._vectors([r.text for r in checked], [r.vector for r in checked], bar)
+            with write_lock(local_root(self.config.uri), self.config.table):
+                ids = self._commit("append to", lambda: self._append(table, checked, given_ids, matrix, bar))
         self._after_write()
         return ids
 
-    def _check_unique(self, table: Any, checked: list[CheckedStep], given: list[bool]) -> None:
-        seen: dict[str, int] = {}
-        keys: dict[tuple[str, str, int], int] = {}
-        for i, row in enumerate(checked):
-            if row.id in seen:
-                raise InvalidStepError(f"row {i}: id {row.id!r} repeats row {seen[row.id]}", index=i)
-            seen[row.id] = i
-            if row.step is not None:
-                key = (row.namespace, row.episode_id, row.step)
-                if key in keys:
-                    raise InvalidStepError(
-                        f"row {i}: step {row.step} of episode {row.episode_id!r} repeats row {keys[key]}",
-                        index=i,
-                    )
-                keys[key] = i
-        explicit = [row.id for row, g in zip(checked, given, strict=True) if g]
-        if explicit:
-            existing = select(table, scope(None, ids=explicit), ["id"], limit=len(explicit))
-            if existing.num_rows:
-                taken = existing["id"].to_pylist()
-                i = next(j for j, row in enumerate(checked) if row.id in set(taken))
-                raise InvalidStepError(f"row {i}: id {checked[i].id!r} already exists in the memory", index=i)
-
-    def _write(
-        self, table: Any, rows: list[dict[str, Any]], row_vectors: list[np.ndarray | None], *, progress: bool
+    def _append(
+        self,
+        table: Any,
+        checked: list[CheckedStep],
+        given_ids: list[bool],
+        matrix: np.ndarray | None,
+        bar: Any,
     ) -> list[str]:
-        schema = table.schema
-        chunk = self.config.write_batch_size
-        ids: list[str] = []
-        with tqdm(total=len(rows), desc="logging", unit="row", disable=not progress, leave=False) as bar:
-            for start in range(0, len(rows), chunk):
-                part = rows[start : start + chunk]
-                vecs = row_vectors[start : start + chunk]
-                matrix = np.empty((len(part), self._dim), dtype=np.float32)
-                todo = [j for j, v in enumerate(vecs) if v is None]
-                for j, v in enumerate(vecs):
-                    if v is not None:
-                        matrix[j] = v
-                bs = self.config.embed_batch_size
-                for b in range(0, len(todo), bs):
-                    sel = todo[b : b + bs]
-                    matrix[sel] = self._embed([part[j]["text"] for j in sel])
-                    bar.update(len(sel))
-                data = rows_to_arrow(part, matrix, schema)
-                self._commit("append", lambda data=data: table.add(data))
-                bar.update(len(part) - len(todo))
-                ids.extend(r["id"] for r in part)
-        return ids
+        """Number the steps against the latest table version and commit every row at once."""
+        table.checkout_latest()  # every commit so far, this process's and the others'
+        self._steps.sync(table.version)
+        self._check_new_ids(table, checked, given_ids)
+        numbers = self._steps.number(table, checked)
+        rows, appended = self._steps.rows(table, checked, numbers)
+        if matrix is None:  # window rows embed transcripts of the steps before them
+            matrix = self._vectors([r["text"] for r in rows], [None] * len(rows), bar)
+        chunk, schema = self.config.write_batch_size, table.schema
+        data = pa.concat_tables(
+            [
+                rows_to_arrow(rows[i : i + chunk], matrix[i : i + chunk], schema)
+                for i in range(0, len(rows), chunk)
+            ]
+        )
+        before = table.version
+        table.add(data)
+        self._steps.remember(
+            checked, numbers, appended, table.version if table.version == before + 1 else None
+        )
+        return [r["id"] for r in rows]
+
+    def _vectors(self, texts: list[str], given: list[np.ndarray | None], bar: Any) -> np.ndarray:
+        """(n, d) unit vectors: the given ones, the others embedded in `embed_batch_size` batches."""
+        matrix = np.empty((len(texts), self._dim), dtype=np.float32)
+        todo = [i for i, v in enumerate(given) if v is None]
+        for i, v in enumerate(given):
+            if v is not None:
+                matrix[i] = v
+        bar.update(len(texts) - len(todo))
+        size = self.config.embed_batch_size
+        for start in range(0, len(todo), size):
+            part = todo[start : start + size]
+            matrix[part] = self._embed([texts[i] for i in part])
+            bar.update(len(part))
+        return matrix
+
+    @staticmethod
+    def _check_new_ids(table: Any, checked: list[CheckedStep], given: list[bool]) -> None:
+        explicit = [row.id for row, g in zip(checked, given, strict=True) if g]
+        if not explicit:
+            return
+        existing = select(table, scope(None, ids=explicit), ["id"], limit=len(explicit))
+        if existing.num_rows:
+            taken = set(existing["id"].to_pylist())
+            i = next(j for j, row in enumerate(checked) if row.id in taken)
+            raise DuplicateStepError(f"row {i}: id {checked[i].id!r} already exists in the memory", index=i)
 
     def _after_write(self) -> None:
         self._commits += 1

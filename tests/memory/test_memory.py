@@ -142,7 +142,7 @@ def test_add_batches_with_precomputed_vectors_and_embedding(memory):
     assert len(ids) == 300 and memory.count() == 300
     got = memory.get(ids[5], with_vectors=True)
     np.testing.assert_allclose(got["vector"], vecs[5] / np.linalg.norm(vecs[5]), atol=1e-6)
-    # embedding in several embedder batches and several commits
+    # embedding in several embedder batches and several Arrow batches, still one commit
     small = TrajectoryMemory.open(
         memory.uri, embedder=memory.embedder, namespace="bob", embed_batch_size=7, write_batch_size=20
     )
@@ -150,7 +150,7 @@ def test_add_batches_with_precomputed_vectors_and_embedding(memory):
     ids = small.add(
         [{"kind": "action", "text": f"go {d}", "episode_id": "walk"} for d in "nsewnsewnsewnsewnsewnsewnsew"]
     )
-    assert small.count() == 28 and small.version == version + 2  # two commits of <= 20 rows
+    assert small.count() == 28 and small.version == version + 1  # one commit of two batches of <= 20 rows
     row = small.get(ids[3], with_vectors=True)
     np.testing.assert_allclose(row["vector"], small.embedder.encode("go w"), atol=1e-6)
 
@@ -184,6 +184,18 @@ def test_window_granularity_renders_transcripts(tmp_path, emb):
     assert all(t.count("\n") <= 2 for t in pool.texts)
     with pytest.raises(InvalidStepError, match="window"):
         again.log_step("ep", "action", "x", vector=np.ones(DIM))
+    # its next step's window still holds the stored steps before the one it logged
+    after = again.get(again.log_step("ep", "observation", "The potato is in your hand."))
+    assert after["text"].splitlines() == [f"{k}: {t}" for k, t in KITCHEN[3:5]] + [
+        "observation: The potato is in your hand."
+    ]
+    # a step filled in below the end gets the stored steps before it, and the end is unchanged
+    gap = TrajectoryMemory.open(tmp_path / "g", embedder=emb, granularity="window", window=3)
+    gap.add([Step(k, t, "ep", i) for i, (k, t) in enumerate(KITCHEN) if i != 2])
+    filled = gap.get(gap.log_step("ep", *KITCHEN[2], step=2))
+    assert filled["text"] == "\n".join(f"{k}: {t}" for k, t in KITCHEN[0:3])
+    end = gap.get(gap.log_step("ep", "action", "eat potato"))
+    assert end["step"] == 5 and end["text"].splitlines()[0] == f"{KITCHEN[3][0]}: {KITCHEN[3][1]}"
 
 
 # ---------------------------------------------------------------------------------------- candidates
@@ -541,6 +553,10 @@ def test_lance_failures_are_told_apart_by_type_and_else_by_message():
     assert not is_conflict(HttpError("bad request", "r", 400))
     assert is_conflict(RuntimeError("lance error: Retryable commit conflict for version 7"))
     assert not is_conflict(RuntimeError("lance error: IO error")) and not is_conflict(KeyError("conflict"))
-    assert is_table_missing(TableNotFoundError("t")) and is_table_missing(ValueError("Table 't' was not found"))
+    assert is_table_missing(TableNotFoundError("t")) and is_table_missing(
+        ValueError("Table 't' was not found")
+    )
     assert not is_table_missing(RuntimeError("Table 't' was not found"))
-    assert is_table_existing(ValueError("Table 't' already exists")) and not is_table_existing(ValueError("x"))
+    assert is_table_existing(ValueError("Table 't' already exists")) and not is_table_existing(
+        ValueError("x")
+    )
