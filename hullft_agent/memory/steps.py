@@ -15,6 +15,7 @@ import json
 from collections import OrderedDict
 from typing import Any
 
+from hullft_agent.decisions import DECISION_KIND
 from hullft_agent.errors import DuplicateStepError
 from hullft_agent.memory.base import remember_lru, select
 from hullft_agent.memory.filters import scope
@@ -136,13 +137,16 @@ class StepLedger:
         out: list[dict[str, Any] | None] = [None] * len(checked)
         for i in order:
             r, step = checked[i], numbers[i]
+            if r.kind == DECISION_KIND:  # a decision is its own row (its state text), never part of a transcript
+                out[i] = base_row(r, step, r.text, r.kind, r.metadata)
+                continue
             key = (r.namespace, r.episode_id)
             if key not in histories:
                 histories[key] = self._before(table, key, step)
                 if self._appends(key, step):  # the batch extends the episode: its tail is known after
                     appended[key] = histories[key]
             history = histories[key]
-            window = [h for h in history if step - w < h[0] < step] + [(step, r.kind, r.text)]
+            window = ([h for h in history if h[0] < step][-(w - 1):] if w > 1 else []) + [(step, r.kind, r.text)]
             history.append((step, r.kind, r.text))
             del history[: max(0, len(history) - w)]  # rows come in step order: keep the last w
             info = {
@@ -156,16 +160,17 @@ class StepLedger:
         return [r for r in out if r is not None], appended
 
     def _before(self, table: Any, key: Key, first: int) -> History:
-        """The episode's steps numbered in (first - window, first)."""
+        """The episode's last window - 1 transcript steps before step `first` (decision rows take step
+        numbers too, so they are looked for over twice the window)."""
         w = self.window
         cached = self._tail.get(key)
         if cached is not None and self._appends(key, first):
-            return [h for h in cached if first - w < h[0]]
+            return [h for h in cached if h[0] < first][-(w - 1):] if w > 1 else []
         if first == 0 or w == 1:
             return []
         found = select(
             table,
-            scope(key[0], episode_id=key[1], kind=WINDOW_KIND, step_range=(max(0, first - w + 1), first)),
+            scope(key[0], episode_id=key[1], kind=WINDOW_KIND, step_range=(max(0, first - 2 * w), first)),
             ["step", "metadata"],
         )
         history = []
@@ -173,7 +178,7 @@ class StepLedger:
             info = json.loads(meta).get(WINDOW_META, {})
             if "last_kind" in info and "last_text" in info:
                 history.append((int(step), info["last_kind"], info["last_text"]))
-        return sorted(history)
+        return sorted(history)[-(w - 1):]
 
     def remember(
         self,
@@ -196,6 +201,5 @@ class StepLedger:
             if history is None or key not in self._next_step:
                 self._tail.pop(key, None)  # steps filled in below the end: read it again when needed
             else:
-                start = self._next_step[key] - self.window
-                remember_lru(self._tail, key, [h for h in history if h[0] > start])
+                remember_lru(self._tail, key, history[-self.window:])
         self._version = version
