@@ -283,3 +283,24 @@ def test_non_finite_loss_on_a_completion_stops_and_resets(tiny_model, tiny_token
     assert result.stopped_reason == "non-finite loss at step 2" and math.isnan(result.losses[-1])
     assert (result.tokens, result.loss_tokens) == (len(ids), len(ids) - n_context)
     assert torch.equal(_logits(session.model, tiny_tokenizer), base)
+
+
+def test_lora_initialisation_is_seeded_and_leaves_the_callers_rng_alone(tiny_tokenizer):
+    from conftest import build_tiny_model
+
+    from hullft_agent.finetune import create_session
+
+    def a_matrices(rng_state: int, seed: int) -> torch.Tensor:
+        model = build_tiny_model(len(tiny_tokenizer))
+        torch.manual_seed(rng_state)  # whatever the caller's RNG holds
+        session = create_session(model, tiny_tokenizer, _cfg(seed=seed))
+        return torch.cat([p.detach().flatten() for n, p in session.model.named_parameters() if "lora_A" in n])
+
+    assert torch.equal(a_matrices(1, 0), a_matrices(2, 0)), "the same seed gives the same adapter in any RNG state"
+    assert not torch.equal(a_matrices(1, 0), a_matrices(1, 1))
+    model = build_tiny_model(len(tiny_tokenizer))
+    torch.manual_seed(5)
+    create_session(model, tiny_tokenizer, _cfg(seed=0))
+    after = torch.rand(1)
+    torch.manual_seed(5)
+    assert torch.equal(after, torch.rand(1)), "creating a session does not move the caller's RNG"

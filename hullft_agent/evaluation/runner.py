@@ -440,15 +440,10 @@ class JobRunner:
         if self._adapter is None:
             adapter_config = AdapterConfig(finetune=self.finetune, mode=self.config.mode,
                                            selection=SelectionConfig(k=self.config.k))
-            import torch
-
-            # LoRA's A matrices start random: seed them (without touching the caller's RNG) so a resumed run
-            # in a new process, or a Ray worker, continues with the same adapter initialisation.
-            devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(self.finetune.seed if self.finetune.seed is not None else 0)
-                self._adapter = TestTimeAdapter(self._model, self._tokenizer, embedder=self.embedder,
-                                                source=self.guard, config=adapter_config)
+            # the session seeds LoRA's initialisation from finetune.seed: a resumed run in a new process, or a
+            # Ray worker, continues with the same adapter
+            self._adapter = TestTimeAdapter(self._model, self._tokenizer, embedder=self.embedder,
+                                            source=self.guard, config=adapter_config)
         else:
             self._adapter.reset()  # a caller's adapter: every call passes the guard and the run's settings
         self._open = True

@@ -227,10 +227,19 @@ class FullSession(FinetuneSession):
 
 
 def create_session(model: nn.Module, tokenizer: Any, config: FinetuneConfig | None = None) -> FinetuneSession:
-    """A `LoRASession` or `FullSession` as `config.method` says."""
+    """A `LoRASession` or `FullSession` as `config.method` says.
+
+    LoRA's A matrices start random: with `config.seed` set they are drawn from that seed (without
+    touching the caller's RNG), so the same settings give the same adapter in every process.
+    """
     config = config if config is not None else FinetuneConfig()
     if config.method == "lora":
-        return LoRASession(model, tokenizer, config.lora)
+        if config.seed is None:
+            return LoRASession(model, tokenizer, config.lora)
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(config.seed)
+            return LoRASession(model, tokenizer, config.lora)
     if config.method == "full":
         return FullSession(model, tokenizer)
     raise ValueError(f"unknown finetune method {config.method!r}")
