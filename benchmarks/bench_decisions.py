@@ -5,7 +5,7 @@
         --formats full nosys-h1 nosys-h0 --name formats             # choose the training format (valid split)
     python benchmarks/bench_decisions.py --harder                  # recipe 2, take 2, 6 rooms
 
-At every walkthrough state of the held-out games the agent's prompt (`TextWorldAgent.conversation`)
+At every walkthrough state of the held-out games the agent's prompt (`agents.textworld.agent_prompt`)
 is scored against each admissible command (`Runtime.choose`, sum of log-probabilities), under:
 
 - `base`: no adaptation;
@@ -99,7 +99,7 @@ def summarise(rows: list[dict[str, Any]], reference: list[dict[str, Any]] | None
     return out
 
 
-def score_states(runtime: Any, agent: Any, states: list[Any], overrides: Any, adapt: bool, label: str) -> list[dict]:
+def score_states(runtime: Any, config: Any, states: list[Any], overrides: Any, adapt: bool, label: str) -> list[dict]:
     from tqdm.auto import tqdm
 
     from hullft_agent.agents.walkthroughs import state_context, state_prompt
@@ -107,7 +107,7 @@ def score_states(runtime: Any, agent: Any, states: list[Any], overrides: Any, ad
 
     rows = []
     for state in tqdm(states, desc=label, unit="state", file=sys.stderr):
-        call = Call(conversation=state_prompt(agent, state), context=state_context(agent, state),
+        call = Call(conversation=state_prompt(config, state), context=state_context(config, state),
                     sampling=SamplingParams(max_new_tokens=8), task=state.game, episode_id=f"bench/{state.game}",
                     adapt=adapt, overrides=overrides, log=False)
         result = runtime.choose(call, list(state.admissible), scoring="sum")
@@ -176,7 +176,7 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from hullft_agent.adapter import TestTimeAdapter
-    from hullft_agent.agents.textworld import AgentConfig, TextWorldAgent
+    from hullft_agent.agents.textworld import AgentConfig
     from hullft_agent.agents.walkthroughs import expert_decision, walkthrough_states
     from hullft_agent.candidates import InMemoryCandidates
     from hullft_agent.config import AdapterConfig, AdaptOverrides, DecisionFormat, FinetuneConfig, LearnFrom
@@ -202,7 +202,7 @@ def main() -> int:
     embedder = Embedder()
     finetune = FinetuneConfig(lr=args.lr, max_length=args.max_length)
     config = AdapterConfig(finetune=finetune)
-    prompts = TextWorldAgent(Runtime(loaded), AgentConfig())  # prompts only: the same for every condition
+    prompts = AgentConfig()  # the agent's prompt settings: the same for every condition
     rows = [expert_decision(prompts, s) for s in train_states]
     pool = InMemoryCandidates(
         [r["text"] for r in rows], embedder.encode([r["text"] for r in rows]),
@@ -214,10 +214,10 @@ def main() -> int:
     adapter = TestTimeAdapter(loaded, embedder=embedder, source=pool, config=config)
     results: dict[str, list[dict[str, Any]]] = {}
     timings: dict[str, float] = {}
-    agent = TextWorldAgent(Runtime(adapter=adapter), AgentConfig())
+    runtime = Runtime(adapter=adapter)
 
     if "base" in args.conditions:
-        results["base"] = score_states(agent.runtime, agent, test_states, None, False, "base")
+        results["base"] = score_states(runtime, prompts, test_states, None, False, "base")
         report(args, results, timings, train_games, test_games, len(train_states), test_states, started)
     if "bc" in args.conditions:
         t0 = time.perf_counter()
@@ -229,8 +229,7 @@ def main() -> int:
         train_multiset(session, [instances[i] for i in order], [1] * len(order),
                        finetune.model_copy(update={"refresh_interval": 1}))
         timings["bc_train_s"] = time.perf_counter() - t0
-        cloned = TextWorldAgent(Runtime(session.model, copy.tokenizer), AgentConfig())
-        results["bc"] = score_states(cloned.runtime, cloned, test_states, None, False, "bc")
+        results["bc"] = score_states(Runtime(session.model, copy.tokenizer), prompts, test_states, None, False, "bc")
         report(args, results, timings, train_games, test_games, len(train_states), test_states, started)
     for method in (m for m in DECISION_METHODS if m in args.conditions):
         for name in args.formats:
@@ -238,17 +237,17 @@ def main() -> int:
             overrides = AdaptOverrides(method=method, n=args.n, k=args.k, learn_from=LearnFrom(kinds=["decision"]),
                                        decision_format=DecisionFormat(system=system, history=history))
             label = method if len(args.formats) == 1 else f"{method}/{name}"
-            results[label] = score_states(agent.runtime, agent, test_states, overrides, True, label)
+            results[label] = score_states(runtime, prompts, test_states, overrides, True, label)
             report(args, results, timings, train_games, test_games, len(train_states), test_states, started)
 
     if "transcripts" in args.conditions:
         memory, _ = build_textworld_memory_with_summary(
             args.work_dir / f"transcripts-{'harder' if args.harder else 'default'}-{args.train_games}", "train",
             args.train_games, settings=cooking, embedder=embedder, granularity="window", window=4)
-        windows = TextWorldAgent(Runtime(adapter=adapter, source=memory), AgentConfig())
         overrides = AdaptOverrides(method="hullft", n=args.n, k=args.k,
                                    finetune=finetune.model_copy(update={"max_length": 128}))
-        results["transcripts"] = score_states(windows.runtime, windows, test_states, overrides, True, "transcripts")
+        results["transcripts"] = score_states(Runtime(adapter=adapter, source=memory), prompts, test_states, overrides,
+                                              True, "transcripts")
         report(args, results, timings, train_games, test_games, len(train_states), test_states, started)
     report(args, results, timings, train_games, test_games, len(train_states), test_states, started)
     return 0

@@ -39,18 +39,29 @@ from hullft_agent.agents.textworld import (
     TextWorldAgent,
     action_bpb,
 )
-from hullft_agent.config import StrictConfig
+from hullft_agent.config import DecisionFormat, LearnFrom, StrictConfig
 from hullft_agent.evaluation.report import bootstrap_mean_ci
 from hullft_agent.runtime import DEFAULT_SCORING, Scoring, Strategy
 
 logger = logging.getLogger(__name__)
 
 #: Call options of each mode (TextWorldAgent keyword arguments: adapt and adaptation overrides).
+#: Decision modes train on decision rows (prompt -> command, loss on the command) of won episodes only:
+#: the experts' walkthroughs of the training games, then the agent's own won games.
+LEARN_FROM_WINS = LearnFrom(kinds=["decision"], outcomes=["won"])
+#: Training prompts without the system prompt and with two earlier messages (bench_decisions' format study).
+DECISION_FORMAT = DecisionFormat(system=False, history=2)
 MODES: dict[str, dict[str, Any]] = {
     "none": {"adapt": False},
     "per_query": {"method": "hullft", "mode": "per_query"},
     "per_task": {"method": "hullft", "mode": "per_task"},
     "knn": {"method": "knn", "mode": "per_query"},
+    "decisions": {"method": "hullft", "mode": "per_task", "learn_from": LEARN_FROM_WINS,
+                  "decision_format": DECISION_FORMAT},
+    "decisions_query": {"method": "hullft", "mode": "per_query", "learn_from": LEARN_FROM_WINS,
+                        "decision_format": DECISION_FORMAT},
+    "decisions_knn": {"method": "knn", "mode": "per_query", "learn_from": LEARN_FROM_WINS,
+                      "decision_format": DECISION_FORMAT},
 }
 MEMORY_NAMESPACE = "textworld"
 _BOOTSTRAP = 2000
@@ -76,6 +87,9 @@ class CompareConfig(StrictConfig):
     k: int = Field(100, ge=1, description="K: candidate pool per adaptation")
     lr: float = Field(1e-3, gt=0)
     max_length: int = Field(128, ge=8, description="training sequences are cut to this many tokens")
+    decision_max_length: int = Field(
+        384, ge=8, description="decision modes: training prompts are cut (oldest tokens first) to this many tokens"
+    )
     max_steps: int = Field(30, ge=1)
     step_factor: float | None = Field(2.0, gt=0)
     history: int = Field(3, ge=0)
@@ -271,6 +285,9 @@ def run_comparison(
         embedder=embedder, granularity="window", window=config.window, seed=config.seed,
         namespace=MEMORY_NAMESPACE, cache_dir=game_cache, progress=progress,
     )
+    if any(mode.startswith("decisions") for mode in config.modes):
+        _add_expert_decisions(base, generate_games("train", config.train_games, settings, game_cache,
+                                                   seed0=config.seed, progress=False), config)
     result.memory_rows = base.count()
     base.close()
     games = [*generate_games("test", config.test_games, settings, game_cache, seed0=config.seed, progress=progress),
@@ -297,8 +314,12 @@ def run_comparison(
             if adapter is None:
                 adapter = TestTimeAdapter(model, embedder=embedder, source=memory, config=adapter_config)
             adapter.forget_tasks()
-            runtime = Runtime(adapter=adapter, memory=memory, source=memory)
-            agent = TextWorldAgent(runtime, config.agent(), n=config.n, k=config.k, **MODES[mode])
+            decisions = mode.startswith("decisions")
+            runtime = Runtime(adapter=adapter, memory=memory, source=memory, log_decisions=decisions)
+            options = dict(MODES[mode])
+            if decisions:
+                options["finetune"] = adapter_config.finetune.model_copy(update={"max_length": config.decision_max_length})
+            agent = TextWorldAgent(runtime, config.agent(), n=config.n, k=config.k, **options)
             episodes = result.episodes.setdefault(mode, [])
             for index, game in enumerate(games):
                 with tqdm(total=None, desc=f"{mode:<9} game {index + 1}/{len(games)}", unit="cmd",
@@ -326,6 +347,17 @@ def run_comparison(
     _write_json(results_file, result.to_dict())
     write_report(result)
     return result
+
+
+def _add_expert_decisions(memory: Any, games: Sequence[Path], config: CompareConfig) -> None:
+    """The walkthrough decisions of the training games (actor expert, outcome won), once per memory."""
+    from hullft_agent.agents.walkthroughs import expert_decision, walkthrough_states
+
+    logged = {e.episode_id for e in memory.episodes()}
+    rows = [expert_decision(config.agent(), state) for game in games for state in walkthrough_states(game)
+            if state.episode_id not in logged]
+    if rows:
+        memory.add(rows)
 
 
 # ---------------------------------------------------------------------------------------- tables

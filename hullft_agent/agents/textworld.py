@@ -149,6 +149,24 @@ def adaptation_context(conversation: Conversation, last: int) -> str:
     return "\n".join(t for t in texts if t)
 
 
+def agent_prompt(config: AgentConfig, history: list[tuple[str, str]], observation: str, objective: str,
+                 admissible: list[str]) -> Conversation:
+    """The prompt of one step: system prompt, recent turns, the observation, objective and commands.
+
+    The objective and the admissible commands go in a closing system turn, so the adaptation
+    context (the last non-system messages) and the logged observation hold only game text.
+    """
+    out = [{"role": SYSTEM, "content": config.system_prompt}]
+    for seen, did in history[-config.history:] if config.history else []:
+        out += [{"role": USER, "content": seen}, {"role": ASSISTANT, "content": did}]
+    out.append({"role": USER, "content": observation})
+    lines = [f"Objective: {objective}"] if objective else []
+    lines.append("Admissible commands: " + "; ".join(admissible))
+    lines.append("Reply with one admissible command.")
+    out.append({"role": SYSTEM, "content": "\n".join(lines)})
+    return out
+
+
 class TextWorldAgent:
     """Plays TextWorld games with a `Runtime`: adapt on memory, choose a command, log the step.
 
@@ -181,20 +199,8 @@ class TextWorldAgent:
     # ------------------------------------------------------------------ prompt
     def conversation(self, history: list[tuple[str, str]], observation: str, objective: str,
                      admissible: list[str]) -> Conversation:
-        """The prompt of one step: system prompt, recent turns, the observation, objective and commands.
-
-        The objective and the admissible commands go in a closing system turn, so the adaptation
-        context (the last non-system messages) and the logged observation hold only game text.
-        """
-        out = [{"role": SYSTEM, "content": self.config.system_prompt}]
-        for seen, did in history[-self.config.history:] if self.config.history else []:
-            out += [{"role": USER, "content": seen}, {"role": ASSISTANT, "content": did}]
-        out.append({"role": USER, "content": observation})
-        lines = [f"Objective: {objective}"] if objective else []
-        lines.append("Admissible commands: " + "; ".join(admissible))
-        lines.append("Reply with one admissible command.")
-        out.append({"role": SYSTEM, "content": "\n".join(lines)})
-        return out
+        """The prompt of one step (`agent_prompt` with this agent's configuration)."""
+        return agent_prompt(self.config, history, observation, objective, admissible)
 
     # ------------------------------------------------------------------ playing
     def play(

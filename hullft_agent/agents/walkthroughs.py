@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hullft_agent.agents.textworld import TextWorldAgent, adaptation_context
+from hullft_agent.agents.textworld import AgentConfig, adaptation_context, agent_prompt
 from hullft_agent.decisions import decision_step
 
 
@@ -62,18 +62,18 @@ def walkthrough_states(game_file: str | Path) -> list[WalkthroughState]:
     return states
 
 
-def state_prompt(agent: TextWorldAgent, state: WalkthroughState) -> list[dict[str, str]]:
-    """The chat prompt the agent would send at this state."""
-    return agent.conversation(list(state.history), state.observation, state.objective, list(state.admissible))
+def state_prompt(config: AgentConfig, state: WalkthroughState) -> list[dict[str, str]]:
+    """The chat prompt an agent with this configuration would send at this state."""
+    return agent_prompt(config, list(state.history), state.observation, state.objective, list(state.admissible))
 
 
-def state_context(agent: TextWorldAgent, state: WalkthroughState) -> str:
+def state_context(config: AgentConfig, state: WalkthroughState) -> str:
     """The adaptation context (and a decision row's state text) of this state."""
-    return adaptation_context(state_prompt(agent, state), agent.config.context_messages)
+    return adaptation_context(state_prompt(config, state), config.context_messages)
 
 
-def expert_decision(agent: TextWorldAgent, state: WalkthroughState) -> dict[str, Any]:
+def expert_decision(config: AgentConfig, state: WalkthroughState) -> dict[str, Any]:
     """The decision row of the expert's command at this state (the episode is a win: outcome `won`)."""
-    step = decision_step(state_context(agent, state), state_prompt(agent, state), state.expert, actor="expert",
+    step = decision_step(state_context(config, state), state_prompt(config, state), state.expert, actor="expert",
                          metadata={"game": state.game, "walkthrough_step": state.index})
     return {**step, "outcome": "won", "episode_id": state.episode_id, "task": state.game}

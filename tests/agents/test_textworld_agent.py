@@ -290,6 +290,25 @@ def test_comparison_writes_tables_report_and_plots_and_skips_a_broken_game(tmp_p
     assert saved["totals"]["per_task"]["games"] == 1 and saved["totals"]["per_task"]["errors"] == 1
 
 
+def test_decision_mode_learns_from_expert_decisions_and_logs_its_own(tmp_path, cache):
+    config = CompareConfig(modes=["decisions"], train_games=1, test_games=1, explore_episodes=0, n=4, k=20,
+                           lr=0.05, max_length=32, decision_max_length=48, max_steps=2, history=1)
+    result = run_comparison(config, tmp_path / "out", model=tiny_loaded(), embedder=HashingEmbedder(DIM),
+                            game_cache=cache, progress=False)
+    steps = result.episodes["decisions"][0].steps
+    assert steps and all(s.adapted and s.trained + s.selected > 0 for s in steps)
+    memory = TrajectoryMemory.open(tmp_path / "out" / "memory" / "decisions", embedder=HashingEmbedder(DIM),
+                                   namespace="textworld")
+    rows = memory.table.search().where("kind = 'decision'").limit(1000).to_list()
+    experts = [r for r in rows if json.loads(r["metadata"])["actor"] == "expert"]
+    own = [r for r in rows if json.loads(r["metadata"])["actor"] == "agent"]
+    assert experts and all(r["outcome"] == "won" for r in experts), "the walkthrough decisions of the training game"
+    assert len(own) == len(steps), "the agent logged each of its decisions"
+    assert all(r["outcome"] == result.episodes["decisions"][0].outcome for r in own)
+    prompt = json.loads(own[0]["metadata"])["prompt"]
+    assert prompt[0]["role"] == "system" and "Admissible commands" in prompt[-1]["content"]
+
+
 def test_an_interrupted_comparison_still_writes_its_report(tmp_path, cache):
     config = CompareConfig(modes=["none", "per_task"], train_games=1, test_games=1, explore_episodes=0,
                            max_length=32, max_steps=1, history=0)
