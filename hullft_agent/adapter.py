@@ -51,6 +51,7 @@ class AdaptationReport(BaseModel):
     )
     task_steps: int = Field(0, description="per_task: instances the task's adapter has been trained on so far")
     decisions: int = Field(0, description="selected rows that are decisions (trained prompt -> answer)")
+    excluded: dict[str, str] = Field(default_factory=dict, description="selected rows left out of training, and why")
     similarities: list[float] = Field(default_factory=list)
     residual_norm: float | None = None
     iterations: int | None = None
@@ -350,12 +351,12 @@ class TestTimeAdapter:
 
         incremental = ledger is not None and config.incremental
         train = ledger.untrained(report.selected_ids, report.counts) if incremental else list(report.counts)
-        instances = [
-            decision_instance(pool.metadata[i], self.tokenizer, config.decision_format)
-            if pool.metadata and is_decision(pool.metadata[i]) else pool.texts[i]
-            for i in idx
-        ]
+        instances, excluded = self._instances(pool, idx, config)
         report.decisions = sum(isinstance(x, Completion) for x in instances)
+        if excluded:
+            report.excluded = {report.selected_ids[j]: why for j, why in excluded.items()}
+            train = [0 if j in excluded else c for j, c in enumerate(train)]
+            logger.warning("adapt: %d selected row(s) left out of training: %s", len(excluded), report.excluded)
         t0 = time.perf_counter()
         result = train_multiset(self.session, instances, train, config.finetune, on_step)
         timings["finetune"] = time.perf_counter() - t0
@@ -369,6 +370,29 @@ class TestTimeAdapter:
             report.stopped_reason = result.stopped_reason or "finetuning failed"
             report.skipped = True
             report.skip_reason = f"finetuning stopped and the adapter was restored: {result.stopped_reason}"
+
+    def _instances(self, pool: Any, idx: Any, config: AdapterConfig) -> tuple[list[Any], dict[int, str]]:
+        """What each selected row trains on (its text, or a decision's prompt -> answer), and the rows
+        that cannot be trained (position -> reason): a malformed decision, or an answer longer than
+        the training length."""
+        limit = min(config.finetune.max_length, config.finetune.pad_to or config.finetune.max_length)
+        instances: list[Any] = []
+        excluded: dict[int, str] = {}
+        for j, i in enumerate(idx):
+            if not (pool.metadata and is_decision(pool.metadata[i])):
+                instances.append(pool.texts[i])
+                continue
+            try:
+                instance = decision_instance(pool.metadata[i], self.tokenizer, config.decision_format)
+            except (TypeError, ValueError) as exc:
+                instances.append(pool.texts[i])
+                excluded[j] = f"malformed decision row: {exc}"
+                continue
+            answer = len(self.tokenizer(instance.answer, add_special_tokens=False)["input_ids"])
+            if answer + 2 > limit:  # BOS and the end token must fit around the whole answer
+                excluded[j] = f"the answer is {answer} tokens; training sequences hold {limit} (finetune.max_length)"
+            instances.append(instance)
+        return instances, excluded
 
     @contextmanager
     def adapted(self, context: str, **kwargs: Any) -> Iterator[AdaptationReport]:

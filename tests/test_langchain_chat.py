@@ -26,7 +26,7 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_hullft import ChatHullFT, ContextOverflowError, UnsupportedMessageError, get_adaptation_report
 from test_langchain_helpers import TOKENIZER, adapter_config, make_chat, make_memory
 
-from hullft_agent.config import LearnFrom
+from hullft_agent.config import FinetuneConfig, LearnFrom, LoRAConfig
 from hullft_agent.runtime.generation import StopStringFilter
 from hullft_agent.runtime.prompt import fallback_conversations
 
@@ -252,9 +252,12 @@ def test_decisions_are_logged_and_later_calls_learn_only_from_won_episodes(memor
     assert decision["metadata"]["prompt"] == [{"role": "system", "content": "cook"}, {"role": "user", "content": QUESTION}]
     assert decision["text"] == QUESTION and decision["reward"] == 1.0, "the state: recent messages, no system prompt"
     memory.finish_episode("run-1", outcome="won")
-    learner = make_chat(memory, config=adapter_config(learn_from=LearnFrom(kinds=["decision"], outcomes=["won"])))
+    wins = LearnFrom(kinds=["decision"], outcomes=["won"])
+    finetune = FinetuneConfig(lr=0.05, max_length=128, lora=LoRAConfig(r=4, alpha=8))
+    learner = make_chat(memory, config=adapter_config(learn_from=wins, finetune=finetune))
     report = get_adaptation_report(learner.invoke(QUESTION, task="a", log=False))
-    assert report.selected_ids == [decision["id"]] and report.decisions == 1
+    assert report.selected_ids == [decision["id"]] and report.decisions == 1 and report.steps == 4
+    assert not report.excluded
 
 
 def test_per_task_mode_keeps_each_tasks_adapter(memory):

@@ -47,11 +47,8 @@ def decision_pool() -> InMemoryCandidates:
 
 
 def config(**kwargs) -> AdapterConfig:
-    return AdapterConfig(
-        selection=SelectionConfig(n=4, k=10),
-        finetune=FinetuneConfig(lr=5e-2, max_length=96, lora=LoRAConfig(r=4, alpha=8)),
-        **kwargs,
-    )
+    kwargs.setdefault("selection", SelectionConfig(n=4, k=10))
+    return AdapterConfig(finetune=FinetuneConfig(lr=2e-2, max_length=96, lora=LoRAConfig(r=4, alpha=8)), **kwargs)
 
 
 def answer_logprob(adapter: TestTimeAdapter, messages: list[dict[str, str]], answer: str) -> float:
@@ -148,3 +145,18 @@ def test_per_task_incremental_works_with_decisions(tiny_model, tiny_tokenizer):
     again = adapter.adapt("The fridge is open.", task="g")
     assert first.steps == 4 and first.decisions == len(first.selected_ids)
     assert again.steps == 0 and again.task_steps == 4 and again.adapted
+
+
+def test_a_decision_whose_answer_cannot_fit_is_left_out_with_its_reason(tiny_model, tiny_tokenizer):
+    long_answer = " ".join(["take the yellow potato from the fridge"] * 12)
+    steps = [decision_step("The fridge is open.", prompt("The fridge is open."), long_answer),
+             decision_step("The fridge is open. A potato.", prompt("The fridge is open."), "take potato")]
+    pool = InMemoryCandidates([st["text"] for st in steps], embedder=HashingEmbedder(32), ids=["long", "short"],
+                              rows=[{"kind": st["kind"], "metadata": st["metadata"]} for st in steps])
+    adapter = TestTimeAdapter(tiny_model, tiny_tokenizer, embedder=HashingEmbedder(32), source=pool,
+                              config=config(selection=SelectionConfig(method="knn", n=2, k=10)))
+    report = adapter.adapt("The fridge is open.")
+    assert set(report.selected_ids) == {"long", "short"}
+    assert list(report.excluded) == ["long"] and "96" in report.excluded["long"]
+    trained = dict(zip(report.selected_ids, report.trained_counts, strict=True))
+    assert trained == {"long": 0, "short": 1} and report.steps == 1
