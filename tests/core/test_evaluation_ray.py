@@ -30,13 +30,14 @@ from hullft_agent.memory.testing import HashingEmbedder
 
 ray = pytest.importorskip("ray")
 
-TESTS = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent
+IMPORT_DIRS = (HERE, HERE.parent)  # this folder's modules (factories, test_evaluation) and tests/conftest.py
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    """Two CPUs; workers import this folder's modules (factories, conftest) by name."""
-    path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p)
+    """Two CPUs; workers import the test modules (factories, conftest) by name, as pytest does."""
+    path = os.pathsep.join(p for p in (*map(str, IMPORT_DIRS), os.environ.get("PYTHONPATH", "")) if p)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": path}})
     yield
