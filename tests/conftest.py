@@ -82,3 +82,19 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 @pytest.fixture()
 def tiny_model(tiny_tokenizer) -> LlamaForCausalLM:
     return build_tiny_model(len(tiny_tokenizer))
+
+
+@pytest.fixture()
+def encode_calls(monkeypatch) -> list[str]:
+    """The texts `train_multiset` tokenises, in order: proves a repeated text is tokenised once."""
+    from hullft_agent.finetune import trainer
+
+    calls: list[str] = []
+    real = trainer.encode_for_training
+
+    def counting(*args, **kwargs):
+        calls.append(args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "encode_for_training", counting)
+    return calls

@@ -396,24 +396,28 @@ def test_reference_protocol_full_finetuning_needs_a_plain_model(tmp_path, tiny_t
 # ---------------------------------------------------------------------------------------- CLI
 
 
-@pytest.fixture()
-def cli(monkeypatch, tiny_tokenizer):
+def cli_runner(monkeypatch, tokenizer):
+    """`hullft-agent eval ...` as a function of its arguments, on the tiny model and the hashing embedder."""
     import argparse
 
     from hullft_agent.evaluation import cli as eval_cli
 
     monkeypatch.setattr(eval_cli, "make_model",
-                        lambda name: SimpleNamespace(model=build_tiny_model(len(tiny_tokenizer)), tokenizer=tiny_tokenizer))
+                        lambda name: SimpleNamespace(model=build_tiny_model(len(tokenizer)), tokenizer=tokenizer))
     monkeypatch.setattr(eval_cli, "make_embedder", lambda name: HashingEmbedder(32))
     parser = argparse.ArgumentParser(prog="hullft-agent")
-    sub = parser.add_subparsers(dest="command", required=True)
-    eval_cli.add_eval_commands(sub)
+    eval_cli.add_eval_commands(parser.add_subparsers(dest="command", required=True))
 
     def run(*argv: str) -> int:
         args = parser.parse_args(list(argv))
         return args.func(args)
 
     return run
+
+
+@pytest.fixture()
+def cli(monkeypatch, tiny_tokenizer):
+    return cli_runner(monkeypatch, tiny_tokenizer)
 
 
 def test_cli_eval_runs_resumes_and_reports_bad_input(cli, memory, tmp_path, capsys, monkeypatch):

@@ -7,7 +7,6 @@ module runs only two distributed evaluations.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -19,10 +18,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from conftest import build_tiny_model
-from test_evaluation import build_memory, interrupt_after, lines, small_config, table
+from test_evaluation import build_memory, cli_runner, interrupt_after, lines, small_config, table
 
 from hullft_agent.errors import RayUnavailableError, RayWorkerError
-from hullft_agent.evaluation import cli as eval_cli
 from hullft_agent.evaluation import episode_units, read_results, run_evaluation, text_units
 from hullft_agent.evaluation.distributed import MemorySource, run_evaluation_ray, shard_jobs
 from hullft_agent.memory import TrajectoryMemory
@@ -51,17 +49,7 @@ def memory(tmp_path) -> TrajectoryMemory:
 
 @pytest.fixture()
 def cli(monkeypatch, tiny_tokenizer):
-    monkeypatch.setattr(eval_cli, "make_model",
-                        lambda name: SimpleNamespace(model=build_tiny_model(len(tiny_tokenizer)), tokenizer=tiny_tokenizer))
-    monkeypatch.setattr(eval_cli, "make_embedder", lambda name: HashingEmbedder(32))
-    parser = argparse.ArgumentParser(prog="hullft-agent")
-    eval_cli.add_eval_commands(parser.add_subparsers(dest="command", required=True))
-
-    def run(*argv: str) -> int:
-        args = parser.parse_args(list(argv))
-        return args.func(args)
-
-    return run
+    return cli_runner(monkeypatch, tiny_tokenizer)
 
 
 def tiny_pair(tokenizer):

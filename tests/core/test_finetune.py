@@ -261,19 +261,11 @@ def test_pass_count_is_sum_of_ceil(tiny_model, tiny_tokenizer, counts, r, passes
     assert result.wall_time >= sum(result.pass_times)
 
 
-def test_tokens_truncation_and_repeated_texts_tokenised_once(tiny_model, tiny_tokenizer, monkeypatch):
+def test_tokens_truncation_and_repeated_texts_tokenised_once(tiny_model, tiny_tokenizer, encode_calls):
     session = LoRASession(tiny_model, tiny_tokenizer, LoRAConfig(r=2))
-    calls = []
-    real = trainer_module.encode_for_training
-
-    def counting(*args, **kwargs):
-        calls.append(args[1])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(trainer_module, "encode_for_training", counting)
     long_text = TEXTS[0] * 5
     result = train_multiset(session, [long_text, TEXTS[2], long_text], [1, 1, 1], _cfg(max_length=10))
-    assert calls == [long_text, TEXTS[2]]
+    assert encode_calls == [long_text, TEXTS[2]]
     n2 = 1 + len(tiny_tokenizer(TEXTS[2], add_special_tokens=False)["input_ids"])
     assert result.tokens == 10 + min(n2, 10) + 10
 

@@ -10,7 +10,6 @@ import pytest
 import torch
 from conftest import build_tiny_model
 
-import hullft_agent.finetune.trainer as trainer_module
 from hullft_agent.config import FinetuneConfig, LoRAConfig
 from hullft_agent.errors import ContextOverflowError, HullFTError
 from hullft_agent.finetune import Completion, LoRASession, encode_for_training, train_multiset
@@ -207,25 +206,18 @@ def test_training_follows_the_gradient_of_the_answer_nll_only(tiny_tokenizer):
 
 
 def test_texts_and_completions_mix_with_the_same_reuse_and_tokenise_once(
-    tiny_model, tiny_tokenizer, monkeypatch
+    tiny_model, tiny_tokenizer, encode_calls
 ):
     session = LoRASession(tiny_model, tiny_tokenizer, LoRAConfig(r=2))
     completion = Completion(_prompt(tiny_tokenizer), "open fridge")
-    calls = []
-    real = trainer_module.encode_for_training
-
-    def counting(*args, **kwargs):
-        calls.append(args[1])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(trainer_module, "encode_for_training", counting)
     steps: list[int] = []
     items = [completion, TEXT, Completion(completion.prompt, completion.answer)]
     result = train_multiset(session, items, [5, 3, 1], _cfg(refresh_interval=2), on_step=steps.append)
     texts_only = train_multiset(session, [TEXT, "gamma delta", "fridge"], [5, 3, 1], _cfg(refresh_interval=2))
     assert result.passes == texts_only.passes == 6 and result.steps == texts_only.steps == 9
     assert steps == list(range(1, 10))
-    assert calls[:2] == [completion, TEXT] and len(calls) == 2 + 3  # the equal completion reused its encoding
+    assert encode_calls[:2] == [completion, TEXT]
+    assert len(encode_calls) == 2 + 3  # the equal completion reused its encoding
 
     ids, n_context = _hand_ids(tiny_tokenizer, completion)
     n_text = 1 + len(_ids(tiny_tokenizer, TEXT))
