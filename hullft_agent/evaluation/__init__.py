@@ -21,6 +21,9 @@ from hullft_agent.errors import (
     ResultLogError,
 )
 from hullft_agent.evaluation.distributed import MemorySource, run_evaluation_ray
+from hullft_agent.evaluation.guard import GuardedSource
+from hullft_agent.evaluation.methods import METHODS, EvalConfig, MethodSpec, check_methods
+from hullft_agent.evaluation.plan import EvalResult
 from hullft_agent.evaluation.report import (
     bootstrap_ci,
     byte_weighted_bpb,
@@ -30,15 +33,7 @@ from hullft_agent.evaluation.report import (
     summary_markdown,
 )
 from hullft_agent.evaluation.results import ResultLog, read_results
-from hullft_agent.evaluation.runner import (
-    METHODS,
-    EvalConfig,
-    EvalResult,
-    GuardedSource,
-    MethodSpec,
-    check_methods,
-    run_evaluation,
-)
+from hullft_agent.evaluation.runner import run_evaluation
 from hullft_agent.evaluation.units import EvalUnit, episode_steps, episode_units, select_episodes, text_units
 from hullft_agent.files import write_atomic
 

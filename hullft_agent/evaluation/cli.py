@@ -17,7 +17,7 @@ from typing import Any
 
 from hullft_agent.config import PACKAGED_LLM, FinetuneConfig
 from hullft_agent.errors import LeakageError, NoUnitsError, ResultLogError
-from hullft_agent.evaluation.runner import METHODS, EvalConfig, check_methods
+from hullft_agent.evaluation.methods import METHODS, EvalConfig, check_methods
 
 logger = logging.getLogger(__name__)
 

@@ -37,19 +37,9 @@ from typing import Any
 
 from hullft_agent.candidates import CandidateSource
 from hullft_agent.errors import RayUnavailableError, RayWorkerError
-from hullft_agent.evaluation.runner import (
-    METHODS,
-    EvalConfig,
-    EvalResult,
-    Job,
-    JobRunner,
-    RunPlan,
-    check_out_dir,
-    check_units,
-    job_weight,
-    plan_run,
-    task_group,
-)
+from hullft_agent.evaluation.methods import METHODS, EvalConfig
+from hullft_agent.evaluation.plan import EvalResult, Job, RunPlan, check_out_dir, job_weight, plan_run
+from hullft_agent.evaluation.runner import JobRunner, check_units, task_group
 from hullft_agent.evaluation.units import EvalUnit
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Aggregating per-unit results: byte-weighted BPB, bootstrap confidence intervals, tables, atomic files.
+"""Aggregating per-unit results: byte-weighted BPB, bootstrap confidence intervals, tables.
 
 BPB of a set of units = Σ nll_nats / (ln 2 · Σ bytes): byte weighted, never a mean of per-unit BPB.
 The confidence interval resamples units with replacement (percentile bootstrap, seeded), so it says
@@ -39,6 +39,17 @@ def _interval(samples: np.ndarray, confidence: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def _bpb_interval(nll_nats: np.ndarray, n_bytes: Sequence[int], n_resamples: int, confidence: float,
+                  seed: int, what: str) -> tuple[float, float]:
+    """Percentile interval of Σ nll / (ln 2 · Σ bytes) over units resampled with replacement."""
+    _check_bootstrap(n_resamples, confidence)
+    if nll_nats.size == 0:
+        raise ValueError(f"{what} needs at least one unit")
+    nb = np.asarray(n_bytes, dtype=np.float64)
+    idx = _resample_index(nll_nats.size, n_resamples, seed)
+    return _interval(nll_nats[idx].sum(axis=1) / (_LN2 * nb[idx].sum(axis=1)), confidence)
+
+
 def bootstrap_ci(
     nll_nats: Sequence[float],
     n_bytes: Sequence[int],
@@ -48,14 +59,8 @@ def bootstrap_ci(
     seed: int = 0,
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of the byte-weighted BPB, resampling units with replacement."""
-    _check_bootstrap(n_resamples, confidence)
-    nll = np.asarray(nll_nats, dtype=np.float64)
-    nb = np.asarray(n_bytes, dtype=np.float64)
-    if nll.size == 0:
-        raise ValueError("bootstrap_ci needs at least one unit")
-    idx = _resample_index(nll.size, n_resamples, seed)
-    samples = nll[idx].sum(axis=1) / (_LN2 * nb[idx].sum(axis=1))
-    return _interval(samples, confidence)
+    return _bpb_interval(np.asarray(nll_nats, dtype=np.float64), n_bytes, n_resamples, confidence, seed,
+                         "bootstrap_ci")
 
 
 def paired_delta_ci(
@@ -68,13 +73,8 @@ def paired_delta_ci(
     seed: int = 0,
 ) -> tuple[float, float]:
     """Interval of BPB(a) − BPB(b) over the same units (same bytes), resampled together."""
-    _check_bootstrap(n_resamples, confidence)
-    a = np.asarray(nll_a, dtype=np.float64)
-    b = np.asarray(nll_b, dtype=np.float64)
-    nb = np.asarray(n_bytes, dtype=np.float64)
-    idx = _resample_index(a.size, n_resamples, seed)
-    samples = (a[idx].sum(axis=1) - b[idx].sum(axis=1)) / (_LN2 * nb[idx].sum(axis=1))
-    return _interval(samples, confidence)
+    delta = np.asarray(nll_a, dtype=np.float64) - np.asarray(nll_b, dtype=np.float64)
+    return _bpb_interval(delta, n_bytes, n_resamples, confidence, seed, "paired_delta_ci")
 
 
 def bootstrap_mean_ci(
