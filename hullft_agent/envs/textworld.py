@@ -5,283 +5,48 @@ own Inform 7 compiler, and each game carries a walkthrough, so the episodes logg
 real game engine, not from text we wrote:
 
 - `generate_games` makes `tw-cooking` games (the First TextWorld Problems family) into a cache
-  folder, once: a game already there is reused, and a game is written atomically, so a generation
-  killed halfway never leaves a half file that would be reused.
+  folder, once (`hullft_agent.envs.textworld_games`; its public names are exported here too).
 - `play_episode` plays one game with the `expert` policy (the walkthrough) or the `explore` policy
   (the walkthrough with a share of random admissible commands inserted).
 - `log_episodes` writes episodes into a `TrajectoryMemory`; `build_textworld_memory` does it all.
 
-Seeds are deterministic: game `index` of a split has the TextWorld seed
-`seed0 + 1_000_000 * {train: 0, valid: 1, test: 2}[split] + index`, so the same game can be made by
-hand with `tw-make tw-cooking ... --split SPLIT --seed SEED` (`CookingSettings.tw_make_command`).
+Seeds are deterministic (`game_seed`), so every build of a memory is reproducible.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import json
 import logging
-import os
 import re
-import shutil
-import tempfile
 import time
 import warnings
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
 
-from hullft_agent.config import StrictConfig, default_cache_dir
+from hullft_agent.envs.textworld_games import (
+    INSTALL_HINT,
+    SPLITS,
+    CookingSettings,
+    check_count,
+    check_split,
+    game_seed,
+    games_dir,
+    generate_games,
+    import_textworld,
+)
 from hullft_agent.errors import TextWorldEnvError
-from hullft_agent.files import write_json_atomic
-
-INSTALL_HINT = 'TextWorld is not installed; install the optional extra: pip install "hullft-agent[textworld]"'
-
-if importlib.util.find_spec("textworld") is None:
-    raise ImportError(INSTALL_HINT, name="textworld")
 
 logger = logging.getLogger(__name__)
 
-Split = Literal["train", "valid", "test"]
-Policy = Literal["expert", "explore"]
-#: Game distributions of tw-cooking: foods and their preparations are split three ways.
-SPLITS: tuple[str, ...] = ("train", "valid", "test")
 #: `expert` follows the walkthrough; `explore` inserts random admissible commands.
 POLICIES: tuple[str, ...] = ("expert", "explore")
-#: Seeds of the splits are this far apart, so splits never share a seed.
-SPLIT_SEED_STRIDE = 1_000_000
 #: Text logged for a command whose response is empty once cleaned.
 NO_OUTPUT = "(no response)"
 
-_STALE_TEMP_S = 3600.0
-
-
-def _textworld() -> Any:
-    """Import TextWorld (slow, about a second) only when a game is made or played."""
-    try:
-        import textworld
-        import textworld.challenges.tw_cooking.cooking  # noqa: F401  (registers tw-cooking)
-        import textworld.generator  # noqa: F401
-    except ImportError as exc:
-        raise ImportError(INSTALL_HINT, name="textworld") from exc
-    return textworld
-
-
-def _textworld_version() -> str:
-    try:
-        return metadata.version("textworld")
-    except metadata.PackageNotFoundError:  # importable but not installed as a distribution
-        return "unknown"
-
-
-class CookingSettings(StrictConfig):
-    """Difficulty of the generated `tw-cooking` games (the `tw-make tw-cooking` options).
-
-    `recipe` → `--recipe`, `take` → `--take`, `rooms` → `--go`, and the flags `--open`, `--cook`,
-    `--cut`, `--drop`. `max_steps` caps an episode's commands when the games are played; it does not
-    change the games (nor their cache folder).
-    """
-
-    recipe: int = Field(2, ge=1, le=5, description="ingredients in the recipe (--recipe)")
-    take: int = Field(
-        2, ge=0, le=5, description="ingredients to find, the others start in the inventory (--take)"
-    )
-    rooms: Literal[1, 6, 9, 12] = Field(6, description="locations in the game (--go)")
-    open: bool = Field(True, description="containers and doors must be opened (--open)")
-    cook: bool = Field(True, description="some ingredients must be cooked (--cook)")
-    cut: bool = Field(True, description="some ingredients must be cut (--cut)")
-    drop: bool = Field(False, description="the inventory has a limited capacity (--drop)")
-    max_steps: int = Field(100, ge=1, description="commands per episode at most")
-
-    @model_validator(mode="after")
-    def _take_within_recipe(self) -> CookingSettings:
-        if self.take > self.recipe:
-            raise ValueError(f"take ({self.take}) must be <= recipe ({self.recipe})")
-        return self
-
-    def game_settings(self) -> dict[str, Any]:
-        """The settings that define the games (everything but `max_steps`)."""
-        return self.model_dump(exclude={"max_steps"})
-
-    def tw_settings(self, split: str) -> dict[str, Any]:
-        """The settings mapping `textworld.challenges.tw_cooking.make` takes."""
-        return {
-            "recipe": self.recipe,
-            "take": self.take,
-            "go": self.rooms,
-            "open": self.open,
-            "cook": self.cook,
-            "cut": self.cut,
-            "drop": self.drop,
-            "recipe_seed": 0,
-            "split": _check_split(split),
-        }
-
-    def tw_make_command(self, split: str, seed: int, output: str = "game.z8") -> list[str]:
-        """The `tw-make` command line that makes the same game by hand."""
-        cmd = ["tw-make", "tw-cooking", "--recipe", str(self.recipe), "--take", str(self.take)]
-        cmd += ["--go", str(self.rooms)]
-        cmd += [f"--{flag}" for flag in ("open", "cook", "cut", "drop") if getattr(self, flag)]
-        cmd += ["--split", _check_split(split), "--seed", str(seed), "--output", output]
-        return cmd
-
-    def key(self) -> str:
-        """A short hash of the game settings and the TextWorld version: the cache folder's name."""
-        payload = {"challenge": "tw-cooking", "textworld": _textworld_version(), **self.game_settings()}
-        digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
-        return digest[:12]
-
-
-def _check_split(split: Any) -> str:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
-    return str(split)
-
-
-def _check_count(value: Any, what: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{what} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{what} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def game_seed(split: str, index: int, seed0: int = 0) -> int:
-    """The TextWorld seed of game `index` of `split`: `seed0 + 1_000_000 * split_number + index`."""
-    split = _check_split(split)
-    index = _check_count(index, "index", 0)
-    seed0 = _check_count(seed0, "seed0", 0)
-    if index >= SPLIT_SEED_STRIDE:
-        raise ValueError(f"index must be < {SPLIT_SEED_STRIDE}, got {index}")
-    seed = seed0 + SPLIT_SEED_STRIDE * SPLITS.index(split) + index
-    if seed >= 2**32:
-        raise ValueError(f"seed0 {seed0} is too large: TextWorld seeds must be < 2**32")
-    return seed
-
-
-def games_dir(
-    split: str, settings: CookingSettings | None = None, cache_dir: str | Path | None = None
-) -> Path:
-    """`<cache_dir>/<settings key>/<split>/`; `cache_dir` defaults to `<hullft cache>/textworld`."""
-    settings = settings or CookingSettings()
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir() / "textworld"
-    return root / settings.key() / _check_split(split)
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def _is_complete(path: Path) -> bool:
-    """A game is complete when its .z8 (renamed last) and its .json (walkthrough, infos) are there."""
-    json_file = path.with_suffix(".json")
-    return path.is_file() and json_file.is_file() and path.stat().st_size > 0 and json_file.stat().st_size > 0
-
-
-def _remove_stale_temp(folder: Path) -> None:
-    """Remove temporary folders of generations killed long ago (a live one is younger)."""
-    now = time.time()
-    for tmp in folder.glob(".tmp-*"):
-        try:
-            if now - tmp.stat().st_mtime > _STALE_TEMP_S:
-                shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-
-
-def _generate_one(path: Path, split: str, seed: int, settings: CookingSettings) -> None:
-    tw = _textworld()
-    from textworld.challenges.tw_cooking import cooking
-
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.stem}-", dir=path.parent))
-    try:
-        options = tw.GameOptions()
-        options.seeds = int(seed)
-        options.path = str(tmp / path.name)
-        options.file_ext = ".z8"
-        options.force_recompile = True
-        with warnings.catch_warnings():  # jericho warns while TextWorld replays the walkthrough
-            warnings.filterwarnings("ignore", message=r".*is not fully supported")
-            game = cooking.make(settings.tw_settings(split), options)
-            compiled = Path(tw.generator.compile_game(game, options))
-        json_file = compiled.with_suffix(".json")
-        if not compiled.is_file() or not json_file.is_file():
-            raise TextWorldEnvError(f"TextWorld wrote no {compiled.name} and {json_file.name}")
-        _fsync(json_file)
-        _fsync(compiled)
-        os.replace(json_file, path.with_suffix(".json"))
-        os.replace(compiled, path)  # last: a .z8 in the cache means its game is complete
-    except Exception as exc:
-        command = " ".join(settings.tw_make_command(split, seed))
-        raise TextWorldEnvError(
-            f"cannot generate the tw-cooking game of split {split!r}, seed {seed} ({command}): "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def generate_games(
-    split: str = "train",
-    n_games: int = 1,
-    settings: CookingSettings | None = None,
-    cache_dir: str | Path | None = None,
-    *,
-    seed0: int = 0,
-    progress: bool = True,
-) -> list[Path]:
-    """Paths of `n_games` tw-cooking games of `split`, generated into the cache once and then reused.
-
-    Games live in `games_dir(split, settings, cache_dir)` as `game-<seed>.z8` with the `.json`
-    TextWorld needs beside it. Each is generated in a temporary folder and renamed into place (the
-    `.z8` last), so a killed generation leaves nothing that is taken for a game. About 1.5 to 2.5 s
-    a game on a 2-core CPU.
-    """
-    split = _check_split(split)
-    n_games = _check_count(n_games, "n_games", 1)
-    seed0 = _check_count(seed0, "seed0", 0)
-    settings = settings or CookingSettings()
-    seeds = [game_seed(split, i, seed0) for i in range(n_games)]
-    folder = games_dir(split, settings, cache_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    manifest = folder.parent / "settings.json"
-    if not manifest.is_file():
-        payload = {"challenge": "tw-cooking", "textworld": _textworld_version(), **settings.game_settings()}
-        write_json_atomic(manifest, payload)
-    _remove_stale_temp(folder)
-
-    from tqdm.auto import tqdm
-
-    paths: list[Path] = []
-    made = 0
-    started = time.perf_counter()
-    for seed in tqdm(seeds, desc=f"tw-cooking {split} games", unit="game", disable=not progress):
-        path = folder / f"game-{seed:07d}.z8"
-        if not _is_complete(path):
-            _generate_one(path, split, seed, settings)
-            made += 1
-        paths.append(path)
-    logger.info(
-        "%d tw-cooking %s games in %s (%d generated in %.1f s, %d reused)",
-        n_games,
-        split,
-        folder,
-        made,
-        time.perf_counter() - started,
-        n_games - made,
-    )
-    return paths
-
-
-# ---------------------------------------------------------------------------------------- playing
 
 _BANNER_CHARS = r"_|\\$/<>"
 _BANNER_LINE = re.compile(rf"^[\s{_BANNER_CHARS}]*[_|\\$][\s{_BANNER_CHARS}]*$")
@@ -386,7 +151,7 @@ def start_game(game_file: Path) -> Any:
 
     Raises `TextWorldEnvError` naming the file when it is not a story file or the engine refuses it.
     """
-    tw = _textworld()
+    tw = import_textworld()
     _check_story_file(game_file)
     infos = tw.EnvInfos(
         admissible_commands=True,
@@ -436,8 +201,8 @@ def play_episode(
     path = Path(game_file)
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {list(POLICIES)}, got {policy!r}")
-    max_steps = _check_count(max_steps, "max_steps", 1)
-    episode_index = _check_count(episode_index, "episode_index", 0)
+    max_steps = check_count(max_steps, "max_steps", 1)
+    episode_index = check_count(episode_index, "episode_index", 0)
     if (
         isinstance(random_share, bool)
         or not isinstance(random_share, (int, float))
@@ -626,19 +391,28 @@ def build_textworld_memory_with_summary(
     cache_dir: str | Path | None = None,
     progress: bool = True,
 ) -> tuple[Any, BuildSummary]:
-    """`build_textworld_memory`, also returning a `BuildSummary` of this run."""
+    """Generate `n_games` games of `split`, play each `expert_episodes` + `explore_episodes` times, and
+    log every episode into the `TrajectoryMemory` at `out_dir`; return the memory and a `BuildSummary`.
+
+    `seed` is both the first game seed (`seed0`) and the seed of the explore policies (episode k of
+    the game with TextWorld seed s uses `numpy.random.default_rng([seed, s, k])`), so a build is
+    reproducible. An episode id already in the memory is not logged twice (episodes are logged one
+    commit per game), so running the same build again after it was killed completes it. `embedder`
+    None loads the packaged all-MiniLM-L6-v2; `granularity`/`window` None keep the table's own
+    setting ('step' for a new table).
+    """
     from tqdm.auto import tqdm
 
     from hullft_agent.memory.store import TrajectoryMemory
 
     started = time.perf_counter()
-    split = _check_split(split)
-    n_games = _check_count(n_games, "n_games", 1)
-    expert_episodes = _check_count(expert_episodes, "expert_episodes", 0)
-    explore_episodes = _check_count(explore_episodes, "explore_episodes", 0)
+    split = check_split(split)
+    n_games = check_count(n_games, "n_games", 1)
+    expert_episodes = check_count(expert_episodes, "expert_episodes", 0)
+    explore_episodes = check_count(explore_episodes, "explore_episodes", 0)
     if expert_episodes + explore_episodes < 1:
         raise ValueError("expert_episodes + explore_episodes must be >= 1, got 0 and 0")
-    seed = _check_count(seed, "seed", 0)
+    seed = check_count(seed, "seed", 0)
     settings = settings or CookingSettings()
     summary = BuildSummary()
 
@@ -697,51 +471,12 @@ def build_textworld_memory_with_summary(
     return memory, summary
 
 
-def build_textworld_memory(
-    out_dir: str | Path,
-    split: str = "train",
-    n_games: int = 40,
-    *,
-    expert_episodes: int = 1,
-    explore_episodes: int = 2,
-    settings: CookingSettings | None = None,
-    random_share: float = 0.3,
-    embedder: Any = None,
-    granularity: Literal["step", "window"] | None = None,
-    window: int | None = None,
-    seed: int = 0,
-    namespace: str | None = None,
-    table: str = "trajectories",
-    cache_dir: str | Path | None = None,
-    progress: bool = True,
-) -> Any:
-    """Generate `n_games` games of `split`, play each `expert_episodes` + `explore_episodes` times,
-    and log every episode into the `TrajectoryMemory` at `out_dir`; return the memory.
+def build_textworld_memory(out_dir: str | Path, split: str = "train", n_games: int = 40, **options: Any) -> Any:
+    """`build_textworld_memory_with_summary` without the summary: the memory alone.
 
-    `seed` is both the first game seed (`seed0`) and the seed of the explore policies (episode k of
-    the game with TextWorld seed s uses `numpy.random.default_rng([seed, s, k])`), so a build is
-    reproducible. An episode id already in the memory is not logged twice (episodes are logged one
-    commit per game), so running the same build again after it was killed completes it. `embedder` None loads the packaged all-MiniLM-L6-v2;
-    `granularity`/`window` None keep the table's own setting ('step' for a new table).
+    `options` are that function's keyword arguments (episodes per game, settings, embedder, seed, ...).
     """
-    memory, _ = build_textworld_memory_with_summary(
-        out_dir,
-        split,
-        n_games,
-        expert_episodes=expert_episodes,
-        explore_episodes=explore_episodes,
-        settings=settings,
-        random_share=random_share,
-        embedder=embedder,
-        granularity=granularity,
-        window=window,
-        seed=seed,
-        namespace=namespace,
-        table=table,
-        cache_dir=cache_dir,
-        progress=progress,
-    )
-    return memory
+    return build_textworld_memory_with_summary(out_dir, split, n_games, **options)[0]
 
 
 __all__ = [
@@ -761,4 +496,5 @@ __all__ = [
     "generate_games",
     "log_episodes",
     "play_episode",
+    "start_game",
 ]

@@ -432,7 +432,8 @@ def test_cli_rejects_a_bad_split():
 
 def test_import_without_textworld_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "textworld", None)
-    monkeypatch.delitem(sys.modules, "hullft_agent.envs.textworld")
+    for module in ("hullft_agent.envs.textworld", "hullft_agent.envs.textworld_games"):
+        monkeypatch.delitem(sys.modules, module)
     with pytest.raises(ImportError, match=r'pip install "hullft-agent\[textworld\]"'):
         importlib.import_module("hullft_agent.envs.textworld")
     import hullft_agent.envs  # the package itself imports fine
