@@ -220,7 +220,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     print(f"demo: a TextWorld agent (SmolLM2-135M) plays {config.test_games} held-out cooking games per "
           f"mode ({', '.join(config.modes)}); memory = expert and exploring episodes of {config.train_games} "
-          f"training games, then the agent's own episodes", flush=True)
+          f"training games (and their walkthrough decisions, for decision modes), then the agent's own episodes",
+          flush=True)
     from transformers.utils import logging as hf_logging
 
     from hullft_agent.models import load_model
@@ -301,10 +302,11 @@ def _add_demo_parser(sub: Any) -> None:
         "episodes, lets the agent play the held-out games once per mode, prints the per-game, total and BPB tables "
         "and writes a report folder (report.md, results.json, plots). Settings left out keep the `make demo` run's "
         "(hullft_agent.agents.compare.CompareConfig; results.json records them all), which takes a few minutes on a "
-        "2-core CPU; the flags give the full version (e.g. --modes none per_query per_task knn --test-games 10).",
+        "2-core CPU; the flags give the full version (e.g. --modes none per_task decisions decisions_knn --test-games 10).",
     )
     p.add_argument("--out", default="demo_output", help="report folder (default %(default)s)")
-    p.add_argument("--modes", nargs="+", help="adaptation modes, among none, per_query, per_task, knn")
+    p.add_argument("--modes", nargs="+", help="adaptation modes, among none, per_query, per_task, knn (transcript "
+                   "rows) and decisions, decisions_query, decisions_knn (decision rows of won episodes)")
     p.add_argument("--train-games", type=int, dest="train_games", help="training games whose episodes fill the memory")
     p.add_argument("--test-games", type=int, dest="test_games", help="held-out games played per mode")
     p.add_argument("--n", type=int, help="N, multiset size")

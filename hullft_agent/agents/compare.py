@@ -70,7 +70,7 @@ _BOOTSTRAP = 2000
 class CompareConfig(StrictConfig):
     """Sizes and settings of a comparison; the defaults are the `make demo` run (the CLI's only source of them)."""
 
-    modes: list[str] = Field(default_factory=lambda: ["none", "per_task"], min_length=1)
+    modes: list[str] = Field(default_factory=lambda: ["none", "decisions"], min_length=1)
     train_games: int = Field(6, ge=1, description="training games whose episodes fill the memory")
     test_games: int = Field(3, ge=1, description="held-out (test split) games the agent plays per mode")
     expert_episodes: int = Field(1, ge=0, description="expert episodes per training game")

@@ -398,7 +398,7 @@ class ChatHullFT(BaseChatModel):
         The same path as `invoke`: the same keys (task / episode_id / namespace from kwargs or the
         config), the same lock, adapt → score → restore (per_query) → log, the same report in
         `result.message.response_metadata`. Each choice's tokens, then the end-of-turn token, are
-        scored given the rendered prompt, all choices in about one forward pass (`_scoring`), and
+        scored given the rendered prompt, all choices in about one forward pass (`hullft_agent.runtime.scoring`), and
         ranked by `scoring` ('sum' of log-probabilities, or their per-token 'mean'). The best-ranked
         choice is taken, or with `choice_temperature` T > 0 one is drawn with probability
         ∝ exp(score / T), seeded by the call's `seed` (T = 1 with 'sum' samples from the model's own

@@ -334,7 +334,7 @@ def test_demo_command_prints_the_tables_and_the_report_path(tmp_path, cache, mon
                      "--max-length", "32", "--history", "1", "--no-progress", "--threads", "1"])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "per game" in out and "totals" in out and "bits per byte" in out and "per_task - none:" in out
+    assert "per game" in out and "totals" in out and "bits per byte" in out and "decisions - none:" in out
     assert f"report: {tmp_path / 'demo' / 'report.md'}" in out
     assert (tmp_path / "demo" / "report.md").is_file()
 
