@@ -459,6 +459,14 @@ class ChatHullFT(BaseChatModel):
             )
         )
 
+    def _chunk(self, plan: Call, kind: str, payload: Any) -> tuple[ChatGenerationChunk, bool]:
+        """A streamed item from the worker as a chunk, and whether it is the last; a worker error is raised."""
+        if kind == "piece":
+            return ChatGenerationChunk(message=AIMessageChunk(content=payload)), False
+        if kind == "done":
+            return self._last_chunk(plan, payload), True
+        raise payload
+
     # ------------------------------------------------------------------ BaseChatModel hooks
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
@@ -484,14 +492,10 @@ class ChatHullFT(BaseChatModel):
         threading.Thread(target=ctx.run, args=(work,), name="hullft-stream", daemon=True).start()
         try:
             while True:
-                kind, payload = items.get()
-                if kind == "piece":
-                    yield ChatGenerationChunk(message=AIMessageChunk(content=payload))
-                elif kind == "done":
-                    yield self._last_chunk(plan, payload)
+                chunk, done = self._chunk(plan, *items.get())
+                yield chunk
+                if done:
                     return
-                else:
-                    raise payload
         finally:
             cancel.set()
 
@@ -531,14 +535,10 @@ class ChatHullFT(BaseChatModel):
         task.add_done_callback(_BACKGROUND.discard)
         try:
             while True:
-                kind, payload = await items.get()
-                if kind == "piece":
-                    yield ChatGenerationChunk(message=AIMessageChunk(content=payload))
-                elif kind == "done":
-                    yield self._last_chunk(plan, payload)
+                chunk, done = self._chunk(plan, *await items.get())
+                yield chunk
+                if done:
                     return
-                else:
-                    raise payload
         finally:
             cancel.set()
 
