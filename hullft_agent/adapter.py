@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 from hullft_agent.candidates import CandidateSource, check_vectors
 from hullft_agent.config import AdapterConfig, AdaptOverrides
 from hullft_agent.decisions import decision_instance, is_decision
+from hullft_agent.errors import InvalidArgumentError, InvalidTypeError
 from hullft_agent.files import write_json_atomic
 from hullft_agent.finetune import Completion, create_session, train_multiset
 from hullft_agent.metrics import BPBResult, score_texts
@@ -133,10 +134,10 @@ class TestTimeAdapter:
     ) -> None:
         if tokenizer is None:
             if not hasattr(model, "tokenizer"):
-                raise TypeError("pass a LoadedModel, or a model together with its tokenizer")
+                raise InvalidTypeError("pass a LoadedModel, or a model together with its tokenizer")
             model, tokenizer = model.model, model.tokenizer
         if not isinstance(source, CandidateSource):
-            raise TypeError(f"source must implement CandidateSource.candidates(...), got {type(source).__name__}")
+            raise InvalidTypeError(f"source must implement CandidateSource.candidates(...), got {type(source).__name__}")
         self._config = config or AdapterConfig()
         self._embedder = embedder
         self._source = source
@@ -251,12 +252,12 @@ class TestTimeAdapter:
         only. `on_step(steps_done)` is called after each training step, e.g. to drive a progress bar.
         """
         if not isinstance(context, str) or not context.strip():
-            raise ValueError(f"context must be a non-empty string, got {context!r:.60}")
+            raise InvalidArgumentError(f"context must be a non-empty string, got {context!r:.60}")
         if source is not None and not isinstance(source, CandidateSource):
-            raise TypeError(f"source must implement CandidateSource.candidates(...), got {type(source).__name__}")
+            raise InvalidTypeError(f"source must implement CandidateSource.candidates(...), got {type(source).__name__}")
         config = self.resolve(overrides)
         if config.finetune.method != self.session.method:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"overrides.finetune.method is {config.finetune.method!r} but this adapter's session trains "
                 f"{self.session.method!r}; build another adapter (and model copy) for another method"
             )
@@ -326,7 +327,7 @@ class TestTimeAdapter:
         narrow = {}
         if config.learn_from is not None:
             if "learn_from" not in inspect.signature(source.candidates).parameters:
-                raise TypeError(f"learn_from needs a candidate source that supports it (a TrajectoryMemory or "
+                raise InvalidTypeError(f"learn_from needs a candidate source that supports it (a TrajectoryMemory or "
                                 f"InMemoryCandidates); {type(source).__name__}.candidates does not")
             narrow["learn_from"] = config.learn_from
         pool = source.candidates(q, sel.k, task=task_filter, exclude_episode=episode_id, **narrow)

@@ -12,6 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from hullft_agent.config import LearnFrom
+from hullft_agent.errors import InvalidArgumentError
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class CandidatePool:
     def __post_init__(self) -> None:
         k = len(self.ids)
         if len(self.texts) != k or self.vectors.shape[0] != k or self.similarities.shape[0] != k:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"CandidatePool fields disagree in length: {k} ids, {len(self.texts)} texts, "
                 f"{self.vectors.shape[0]} vectors, {self.similarities.shape[0]} similarities"
             )
@@ -58,19 +59,19 @@ def check_vectors(vectors: np.ndarray, dim: int | None = None, what: str = "vect
     """Return `vectors` as a float32 (n, d) array or raise naming the first bad row."""
     array = np.asarray(vectors, dtype=np.float32)
     if array.ndim != 2:
-        raise ValueError(f"{what} must be a 2-D (n, d) array, got shape {array.shape}")
+        raise InvalidArgumentError(f"{what} must be a 2-D (n, d) array, got shape {array.shape}")
     if dim is not None and array.shape[1] != dim:
-        raise ValueError(f"{what} must have dimension {dim}, got {array.shape[1]}")
+        raise InvalidArgumentError(f"{what} must have dimension {dim}, got {array.shape[1]}")
     finite = np.isfinite(array).all(axis=1)
     if not finite.all():
-        raise ValueError(f"{what} row {int(np.argmin(finite))} contains NaN or inf")
+        raise InvalidArgumentError(f"{what} row {int(np.argmin(finite))} contains NaN or inf")
     return array
 
 
 def _normalise(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     if (norms == 0).any():
-        raise ValueError(f"vector row {int(np.argmin(norms[:, 0]))} is all zeros and cannot be normalised")
+        raise InvalidArgumentError(f"vector row {int(np.argmin(norms[:, 0]))} is all zeros and cannot be normalised")
     return (vectors / norms).astype(np.float32)
 
 
@@ -97,14 +98,14 @@ class InMemoryCandidates:
         texts = list(texts)
         for i, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"texts[{i}] must be a non-empty string, got {text!r:.60}")
+                raise InvalidArgumentError(f"texts[{i}] must be a non-empty string, got {text!r:.60}")
         if embeddings is None:
             if embedder is None:
-                raise ValueError("InMemoryCandidates needs either precomputed embeddings or an embedder")
+                raise InvalidArgumentError("InMemoryCandidates needs either precomputed embeddings or an embedder")
             embeddings = embedder.encode(texts) if texts else np.zeros((0, embedder.dim), np.float32)
         vectors = check_vectors(embeddings, what="embeddings")
         if vectors.shape[0] != len(texts):
-            raise ValueError(f"got {len(texts)} texts but {vectors.shape[0]} embeddings")
+            raise InvalidArgumentError(f"got {len(texts)} texts but {vectors.shape[0]} embeddings")
         self.texts = texts
         self.vectors = _normalise(vectors) if len(texts) else vectors
         self.ids = [str(i) for i in (ids if ids is not None else range(len(texts)))]
@@ -114,7 +115,7 @@ class InMemoryCandidates:
         for name, values in (("ids", self.ids), ("episodes", self.episodes), ("tasks", self.tasks),
                              ("rows", self.rows)):
             if len(values) != len(texts):
-                raise ValueError(f"{name} has {len(values)} entries but there are {len(texts)} texts")
+                raise InvalidArgumentError(f"{name} has {len(values)} entries but there are {len(texts)} texts")
 
     @property
     def dim(self) -> int:
@@ -137,7 +138,7 @@ class InMemoryCandidates:
         keeps, without the rows of `exclude_episode` and `exclude_task` (evaluations that must not
         train on the same game)."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+            raise InvalidArgumentError(f"k must be an integer >= 1, got {k!r}")
         query = check_vectors(np.asarray(vector).reshape(1, -1), self.dim, what="query vector")[0]
         keep = np.ones(len(self.texts), dtype=bool)
         if exclude_episode is not None:
@@ -148,7 +149,7 @@ class InMemoryCandidates:
             keep &= np.array([t != exclude_task for t in self.tasks], dtype=bool)
         if learn_from is not None:
             if learn_from.where is not None:
-                raise ValueError("InMemoryCandidates cannot apply a SQL `where`; use a TrajectoryMemory")
+                raise InvalidArgumentError("InMemoryCandidates cannot apply a SQL `where`; use a TrajectoryMemory")
             keep &= np.array([_learns_from(row, learn_from) for row in self.rows], dtype=bool)
         rows = np.flatnonzero(keep)
         if rows.size == 0:

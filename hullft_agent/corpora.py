@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hullft_agent.errors import InvalidArgumentError
+
 
 @dataclass(frozen=True)
 class Chunk:
@@ -19,7 +21,7 @@ class Chunk:
 def split_paragraphs(text: str, chunk_chars: int) -> list[str]:
     """Greedily pack blank-line-separated paragraphs into chunks of about `chunk_chars` characters."""
     if chunk_chars < 1:
-        raise ValueError(f"chunk_chars must be >= 1, got {chunk_chars}")
+        raise InvalidArgumentError(f"chunk_chars must be >= 1, got {chunk_chars}")
     chunks: list[str] = []
     current = ""
     for paragraph in text.split("\n\n"):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from hullft_agent.config import PACKAGED_EMBEDDER, EmbedderConfig
-from hullft_agent.errors import EmbedderNotAvailableError
+from hullft_agent.errors import EmbedderNotAvailableError, InvalidArgumentError, InvalidTypeError
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +41,9 @@ def _resolve_model_path(model: str) -> Path:
 def _check_texts(texts: list[str]) -> None:
     for i, text in enumerate(texts):
         if not isinstance(text, str):
-            raise TypeError(f"texts[{i}] must be a str, got {type(text).__name__}")
+            raise InvalidTypeError(f"texts[{i}] must be a str, got {type(text).__name__}")
         if not text.strip():
-            raise ValueError(f"texts[{i}] is empty; every text to embed must contain non-whitespace characters")
+            raise InvalidArgumentError(f"texts[{i}] is empty; every text to embed must contain non-whitespace characters")
 
 
 class Embedder:

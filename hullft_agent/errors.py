@@ -12,6 +12,14 @@ class HullFTError(Exception):
     """Base of every user-facing hullft-agent error: the message says what was wrong and what to do."""
 
 
+class InvalidArgumentError(HullFTError, ValueError):
+    """A value a caller passed is out of range or malformed; the message names it and what was expected."""
+
+
+class InvalidTypeError(HullFTError, TypeError):
+    """A caller passed an object of the wrong kind; the message names it and what was expected."""
+
+
 class CLIError(HullFTError):
     """A command-line usage error: printed without a traceback, exit status 2."""
 

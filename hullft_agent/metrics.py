@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from hullft_agent.errors import InvalidArgumentError
+
 __all__ = ["BPBResult", "DocumentScore", "bits_per_byte", "score_texts", "token_logprobs"]
 
 _LN2 = math.log(2.0)
@@ -56,25 +58,25 @@ class _Window:
 
 def _validate_texts(texts: Sequence[str]) -> list[str]:
     if isinstance(texts, (str, bytes)):
-        raise ValueError("texts must be a list of strings, not a single string; wrap it as [text]")
+        raise InvalidArgumentError("texts must be a list of strings, not a single string; wrap it as [text]")
     try:
         items = list(texts)
     except TypeError as exc:
-        raise ValueError(f"texts must be a list of strings, got {type(texts).__name__}") from exc
+        raise InvalidArgumentError(f"texts must be a list of strings, got {type(texts).__name__}") from exc
     if not items:
-        raise ValueError("texts is empty; pass at least one non-empty string")
+        raise InvalidArgumentError("texts is empty; pass at least one non-empty string")
     for index, text in enumerate(items):
         if not isinstance(text, str):
-            raise ValueError(f"texts[{index}] is {type(text).__name__}, expected a non-empty str")
+            raise InvalidArgumentError(f"texts[{index}] is {type(text).__name__}, expected a non-empty str")
         if not text:
-            raise ValueError(f"texts[{index}] is an empty string; every text must have at least one byte")
+            raise InvalidArgumentError(f"texts[{index}] is an empty string; every text must have at least one byte")
     return items
 
 
 def _start_token(tokenizer: Any) -> int:
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if start is None:
-        raise ValueError("the tokenizer has neither a BOS nor an EOS token to give the first token a context")
+        raise InvalidArgumentError("the tokenizer has neither a BOS nor an EOS token to give the first token a context")
     return int(start)
 
 
@@ -82,9 +84,9 @@ def _context_length(model: Any, max_length: int | None) -> int:
     if max_length is None:
         max_length = getattr(getattr(model, "config", None), "max_position_embeddings", None)
         if max_length is None:
-            raise ValueError("the model config has no max_position_embeddings; pass max_length explicitly")
+            raise InvalidArgumentError("the model config has no max_position_embeddings; pass max_length explicitly")
     if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"max_length must be an int >= 2 (one context token plus one scored), got {max_length!r}"
         )
     return max_length
@@ -102,7 +104,7 @@ def _tokenize(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     out = [list(map(int, ids)) for ids in encoded]
     for index, ids in enumerate(out):
         if not ids:
-            raise ValueError(f"texts[{index}] produced no tokens; nothing to score")
+            raise InvalidArgumentError(f"texts[{index}] produced no tokens; nothing to score")
     return out
 
 
@@ -151,7 +153,7 @@ def _score_tokens(
 ) -> list[torch.Tensor]:
     """−log p (nats, float32, CPU) of every token of every text, in order; one tensor per text."""
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        raise InvalidArgumentError(f"batch_size must be an int >= 1, got {batch_size!r}")
     context = _context_length(model, max_length)
     start = _start_token(tokenizer)
     token_ids = _tokenize(tokenizer, texts)

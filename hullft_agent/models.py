@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from hullft_agent.config import PACKAGED_LLM, ModelConfig
-from hullft_agent.errors import ModelNotAvailableError
+from hullft_agent.errors import InvalidArgumentError, ModelNotAvailableError
 
 logger = logging.getLogger(__name__)
 
@@ -87,18 +87,18 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         try:
             device = torch.device(text)
         except RuntimeError as exc:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"unknown device {name!r}; expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
             ) from exc
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} requested but CUDA is not available; use 'cpu' or 'auto'")
+            raise InvalidArgumentError(f"device {name!r} requested but CUDA is not available; use 'cpu' or 'auto'")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"device {name!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
             )
     if device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise ValueError(f"device {name!r} requested but MPS is not available; use 'cpu' or 'auto'")
+        raise InvalidArgumentError(f"device {name!r} requested but MPS is not available; use 'cpu' or 'auto'")
     return device
 
 
@@ -106,13 +106,13 @@ def resolve_dtype(name: str | torch.dtype = "auto", device: torch.device | str =
     """'auto' is bfloat16 on CUDA and float32 elsewhere (bf16 is slower than fp32 on CPUs)."""
     if isinstance(name, torch.dtype):
         if name not in set(_DTYPES.values()):
-            raise ValueError(f"unsupported dtype {name}; expected float32, bfloat16 or float16")
+            raise InvalidArgumentError(f"unsupported dtype {name}; expected float32, bfloat16 or float16")
         return name
     text = str(name).strip().lower().removeprefix("torch.")
     if text == "auto":
         return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     if text not in _DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; expected 'auto', 'float32', 'bfloat16' or 'float16'")
+        raise InvalidArgumentError(f"unknown dtype {name!r}; expected 'auto', 'float32', 'bfloat16' or 'float16'")
     return _DTYPES[text]
 
 
@@ -185,11 +185,11 @@ def _local_model_folder(name_or_path: str) -> Path:
             )
         return path.resolve()
     if path.exists():
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{path} is a file; pass a Hugging Face model folder (containing config.json) or {PACKAGED_LLM!r}"
         )
     if _HUB_ID.match(name_or_path) and not name_or_path.startswith((".", "~")):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{name_or_path!r} looks like a Hugging Face Hub id, but this library never downloads models; "
             f"pass {PACKAGED_LLM!r} (the packaged SmolLM2) or a model folder already on disk"
         )
@@ -220,7 +220,7 @@ def _load_folder(folder: Path, dtype: torch.dtype) -> tuple[Any, Any]:
 def _ensure_pad_token(model: Any, tokenizer: Any) -> None:
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise ValueError(
+            raise InvalidArgumentError(
                 "the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token first"
             )
         tokenizer.pad_token = tokenizer.eos_token

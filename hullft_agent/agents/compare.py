@@ -40,6 +40,7 @@ from hullft_agent.agents.textworld import (
     action_bpb,
 )
 from hullft_agent.config import DecisionFormat, LearnFrom, StrictConfig
+from hullft_agent.errors import InvalidArgumentError
 from hullft_agent.evaluation.report import bootstrap_mean_ci
 from hullft_agent.runtime import DEFAULT_SCORING, Scoring, Strategy
 
@@ -103,16 +104,16 @@ class CompareConfig(StrictConfig):
     def _modes(cls, value: list[str]) -> list[str]:
         unknown = [m for m in value if m not in MODES]
         if unknown:
-            raise ValueError(f"unknown mode(s) {unknown}; choose from {list(MODES)}")
+            raise InvalidArgumentError(f"unknown mode(s) {unknown}; choose from {list(MODES)}")
         if len(set(value)) != len(value):
-            raise ValueError(f"modes repeat: {value}")
+            raise InvalidArgumentError(f"modes repeat: {value}")
         return value
 
     @field_validator("rooms")
     @classmethod
     def _rooms(cls, value: int) -> int:
         if value not in (1, 6, 9, 12):
-            raise ValueError(f"rooms must be 1, 6, 9 or 12, got {value}")
+            raise InvalidArgumentError(f"rooms must be 1, 6, 9 or 12, got {value}")
         return value
 
     def cooking(self) -> Any:

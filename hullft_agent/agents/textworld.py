@@ -32,6 +32,7 @@ from typing import Any
 from pydantic import Field
 
 from hullft_agent.config import AdaptOverrides, StrictConfig
+from hullft_agent.errors import InvalidTypeError
 from hullft_agent.runtime import DEFAULT_SCORING, Call, Runtime, SamplingParams, Scoring, Strategy, lock_for
 from hullft_agent.runtime.prompt import ASSISTANT, SYSTEM, USER, Conversation
 
@@ -183,10 +184,10 @@ class TextWorldAgent:
     def __init__(self, runtime: Runtime, config: AgentConfig | None = None, *, adapt: bool = True,
                  **overrides: Any) -> None:
         if not isinstance(runtime, Runtime):
-            raise TypeError(f"runtime must be a hullft_agent.runtime.Runtime, got {type(runtime).__name__}")
+            raise InvalidTypeError(f"runtime must be a hullft_agent.runtime.Runtime, got {type(runtime).__name__}")
         unknown = sorted(set(overrides) - set(AdaptOverrides.model_fields))
         if unknown:
-            raise TypeError(
+            raise InvalidTypeError(
                 f"unknown call option(s) {unknown}: the agent takes adapt and the AdaptOverrides fields "
                 f"{sorted(AdaptOverrides.model_fields)}; task, episode, namespace, logging and the choice rule "
                 "are set by the agent itself (AgentConfig)"

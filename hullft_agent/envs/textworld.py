@@ -38,7 +38,7 @@ from hullft_agent.envs.textworld_games import (
     generate_games,
     import_textworld,
 )
-from hullft_agent.errors import TextWorldEnvError
+from hullft_agent.errors import InvalidArgumentError, InvalidTypeError, TextWorldEnvError
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def _new_rng(rng: Any) -> np.random.Generator:
         return rng
     if rng is None or isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
         return np.random.default_rng(rng)
-    raise TypeError(f"rng must be a numpy Generator, an int seed or None, got {type(rng).__name__}")
+    raise InvalidTypeError(f"rng must be a numpy Generator, an int seed or None, got {type(rng).__name__}")
 
 
 def _check_story_file(path: Path) -> None:
@@ -200,7 +200,7 @@ def play_episode(
     """
     path = Path(game_file)
     if policy not in POLICIES:
-        raise ValueError(f"policy must be one of {list(POLICIES)}, got {policy!r}")
+        raise InvalidArgumentError(f"policy must be one of {list(POLICIES)}, got {policy!r}")
     max_steps = check_count(max_steps, "max_steps", 1)
     episode_index = check_count(episode_index, "episode_index", 0)
     if (
@@ -208,7 +208,7 @@ def play_episode(
         or not isinstance(random_share, (int, float))
         or not (0.0 <= float(random_share) <= 1.0)
     ):
-        raise ValueError(f"random_share must be a number in [0, 1], got {random_share!r}")
+        raise InvalidArgumentError(f"random_share must be a number in [0, 1], got {random_share!r}")
     if not path.is_file():
         raise FileNotFoundError(f"TextWorld game file not found: {str(path)!r}")
     if not path.with_suffix(".json").is_file():
@@ -345,11 +345,11 @@ def log_episodes(
     episodes = list(episodes)
     for i, ep in enumerate(episodes):
         if not isinstance(ep, Episode):
-            raise TypeError(f"episodes[{i}] must be an Episode, got {type(ep).__name__}")
+            raise InvalidTypeError(f"episodes[{i}] must be an Episode, got {type(ep).__name__}")
     ids = [ep.episode_id for ep in episodes]
     repeated = sorted({i for i in ids if ids.count(i) > 1})
     if repeated:
-        raise ValueError(f"episode ids repeat in one call: {repeated}")
+        raise InvalidArgumentError(f"episode ids repeat in one call: {repeated}")
     existing: set[str] = set()
     if skip_existing and episodes:
         existing = {e.episode_id for e in memory.episodes(namespace)}
@@ -411,7 +411,7 @@ def build_textworld_memory_with_summary(
     expert_episodes = check_count(expert_episodes, "expert_episodes", 0)
     explore_episodes = check_count(explore_episodes, "explore_episodes", 0)
     if expert_episodes + explore_episodes < 1:
-        raise ValueError("expert_episodes + explore_episodes must be >= 1, got 0 and 0")
+        raise InvalidArgumentError("expert_episodes + explore_episodes must be >= 1, got 0 and 0")
     seed = check_count(seed, "seed", 0)
     settings = settings or CookingSettings()
     summary = BuildSummary()

@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from hullft_agent.config import StrictConfig, default_cache_dir
-from hullft_agent.errors import TextWorldEnvError
+from hullft_agent.errors import InvalidArgumentError, InvalidTypeError, TextWorldEnvError
 from hullft_agent.files import write_json_atomic
 
 INSTALL_HINT = 'TextWorld is not installed; install the optional extra: pip install "hullft-agent[textworld]"'
@@ -84,7 +84,7 @@ class CookingSettings(StrictConfig):
     @model_validator(mode="after")
     def _take_within_recipe(self) -> CookingSettings:
         if self.take > self.recipe:
-            raise ValueError(f"take ({self.take}) must be <= recipe ({self.recipe})")
+            raise InvalidArgumentError(f"take ({self.take}) must be <= recipe ({self.recipe})")
         return self
 
     def game_settings(self) -> dict[str, Any]:
@@ -123,16 +123,16 @@ class CookingSettings(StrictConfig):
 def check_split(split: Any) -> str:
     """`split`, refused early when tw-cooking has no such split (TextWorld's own error is obscure)."""
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+        raise InvalidArgumentError(f"split must be one of {list(SPLITS)}, got {split!r}")
     return str(split)
 
 
 def check_count(value: Any, what: str, minimum: int) -> int:
     """`value` as an int >= `minimum`, or an error naming `what` (bools and floats are refused)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{what} must be an int, got {type(value).__name__}")
+        raise InvalidTypeError(f"{what} must be an int, got {type(value).__name__}")
     if value < minimum:
-        raise ValueError(f"{what} must be >= {minimum}, got {value}")
+        raise InvalidArgumentError(f"{what} must be >= {minimum}, got {value}")
     return int(value)
 
 
@@ -142,10 +142,10 @@ def game_seed(split: str, index: int, seed0: int = 0) -> int:
     index = check_count(index, "index", 0)
     seed0 = check_count(seed0, "seed0", 0)
     if index >= SPLIT_SEED_STRIDE:
-        raise ValueError(f"index must be < {SPLIT_SEED_STRIDE}, got {index}")
+        raise InvalidArgumentError(f"index must be < {SPLIT_SEED_STRIDE}, got {index}")
     seed = seed0 + SPLIT_SEED_STRIDE * SPLITS.index(split) + index
     if seed >= 2**32:
-        raise ValueError(f"seed0 {seed0} is too large: TextWorld seeds must be < 2**32")
+        raise InvalidArgumentError(f"seed0 {seed0} is too large: TextWorld seeds must be < 2**32")
     return seed
 
 

@@ -16,7 +16,7 @@ from functools import partial
 from typing import Any
 
 from hullft_agent.config import PACKAGED_LLM, FinetuneConfig
-from hullft_agent.errors import LeakageError, NoUnitsError, ResultLogError
+from hullft_agent.errors import InvalidArgumentError, LeakageError, NoUnitsError, ResultLogError
 from hullft_agent.evaluation.methods import METHODS, EvalConfig, check_methods
 
 logger = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def _memory_config(args: argparse.Namespace) -> Any:
     for item in args.storage_option or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--storage-option takes KEY=VALUE, got {item!r}")
+            raise InvalidArgumentError(f"--storage-option takes KEY=VALUE, got {item!r}")
         options[key] = value
     values: dict[str, Any] = {"uri": args.memory, "table": args.table}
     if options:

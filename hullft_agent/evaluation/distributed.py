@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from hullft_agent.candidates import CandidateSource
-from hullft_agent.errors import RayUnavailableError, RayWorkerError
+from hullft_agent.errors import InvalidArgumentError, InvalidTypeError, RayUnavailableError, RayWorkerError
 from hullft_agent.evaluation.methods import METHODS, EvalConfig
 from hullft_agent.evaluation.plan import EvalResult, Job, RunPlan, check_out_dir, job_weight, plan_run
 from hullft_agent.evaluation.runner import JobRunner, check_units, task_group
@@ -124,7 +124,7 @@ def _check_reachable(address: str) -> None:
     hostport = address.removeprefix("ray://")
     host, sep, port = hostport.rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise ValueError(f"Ray address {address!r}: expected auto, local, HOST:PORT or ray://HOST:PORT")
+        raise InvalidArgumentError(f"Ray address {address!r}: expected auto, local, HOST:PORT or ray://HOST:PORT")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=_CONNECT_TIMEOUT_S).close()
     except OSError as exc:
@@ -163,7 +163,7 @@ def _resources(ray: Any, num_gpus: float | None) -> float:
     """GPUs per worker: the given number, else one when the cluster has GPUs."""
     if num_gpus is not None:
         if num_gpus < 0:
-            raise ValueError(f"num_gpus must be >= 0, got {num_gpus}")
+            raise InvalidArgumentError(f"num_gpus must be >= 0, got {num_gpus}")
         return float(num_gpus)
     return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
 
@@ -243,11 +243,11 @@ def run_evaluation_ray(
     out = Path(out_dir).expanduser()
     check_out_dir(out, resume=resume, overwrite=overwrite)  # before anything starts
     if not (isinstance(source, CandidateSource) or callable(source)):
-        raise TypeError(f"source must be a CandidateSource or a callable source(embedder), got {type(source).__name__}")
+        raise InvalidTypeError(f"source must be a CandidateSource or a callable source(embedder), got {type(source).__name__}")
     if num_cpus < 0:
-        raise ValueError(f"num_cpus must be >= 0, got {num_cpus}")
+        raise InvalidArgumentError(f"num_cpus must be >= 0, got {num_cpus}")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+        raise InvalidArgumentError(f"workers must be an integer >= 1, got {workers!r}")
     ray = import_ray()
     connected_here = connect(ray_address)
     actors: list[Any] = []

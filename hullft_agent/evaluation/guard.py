@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from hullft_agent.candidates import CandidatePool, CandidateSource, InMemoryCandidates
-from hullft_agent.errors import LeakageError
+from hullft_agent.errors import InvalidArgumentError, InvalidTypeError, LeakageError
 from hullft_agent.evaluation.units import EvalUnit
 
 
@@ -36,7 +36,7 @@ class GuardedSource:
 
     def __init__(self, source: CandidateSource, *, namespace: str | None = None, exclude_task: bool = False) -> None:
         if not isinstance(source, CandidateSource):
-            raise TypeError(f"source must implement CandidateSource.candidates(...), got {type(source).__name__}")
+            raise InvalidTypeError(f"source must implement CandidateSource.candidates(...), got {type(source).__name__}")
         self.source = source
         self.namespace = namespace
         self.exclude_task = exclude_task
@@ -46,7 +46,7 @@ class GuardedSource:
 
         self._is_memory = isinstance(source, TrajectoryMemory)
         if exclude_task and not (self._is_memory or isinstance(source, InMemoryCandidates)):
-            raise ValueError("exclude_task needs a TrajectoryMemory or an InMemoryCandidates source")
+            raise InvalidArgumentError("exclude_task needs a TrajectoryMemory or an InMemoryCandidates source")
 
     def begin(self, unit: EvalUnit) -> None:
         self.unit = unit

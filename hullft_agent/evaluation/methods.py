@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from hullft_agent.config import FinetuneConfig, StrictConfig
+from hullft_agent.errors import InvalidArgumentError
 from hullft_agent.evaluation.report import BASE
 
 #: Published protocol: full finetuning, Adam lr 5e-5, sequences truncated and padded to 1024 tokens.
@@ -47,10 +48,10 @@ def check_methods(methods: Sequence[str]) -> list[str]:
         methods = [methods]
     out = list(dict.fromkeys(methods))
     if not out:
-        raise ValueError(f"no method given; valid methods: {', '.join(METHODS)}")
+        raise InvalidArgumentError(f"no method given; valid methods: {', '.join(METHODS)}")
     unknown = [m for m in out if m not in METHODS]
     if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; valid methods: {', '.join(METHODS)}")
+        raise InvalidArgumentError(f"unknown method(s) {unknown}; valid methods: {', '.join(METHODS)}")
     return out
 
 
@@ -81,10 +82,10 @@ class EvalConfig(StrictConfig):
     @classmethod
     def _ns(cls, value: list[int]) -> list[int]:
         if not value:
-            raise ValueError("n needs at least one multiset size")
+            raise InvalidArgumentError("n needs at least one multiset size")
         bad = [v for v in value if isinstance(v, bool) or not isinstance(v, int) or v < 1]
         if bad:
-            raise ValueError(f"every N must be an integer >= 1, got {bad}")
+            raise InvalidArgumentError(f"every N must be an integer >= 1, got {bad}")
         return sorted(set(value))
 
     def jobs_n(self, method: str) -> list[int]:

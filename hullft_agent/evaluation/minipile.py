@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from hullft_agent.candidates import InMemoryCandidates
+from hullft_agent.errors import InvalidArgumentError
 from hullft_agent.evaluation.units import EvalUnit
 
 logger = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class MiniPile:
     def memory(self, embedder: Any) -> InMemoryCandidates:
         """The train sequences as a candidate source (episode = document, task = domain)."""
         if not self.train:
-            raise ValueError("the mini-Pile has no training sequences")
+            raise InvalidArgumentError("the mini-Pile has no training sequences")
         return InMemoryCandidates(
             [s.text for s in self.train],
             embedder=embedder,
@@ -114,7 +115,7 @@ def chunk_text(text: str, seq_chars: int, *, min_chars: int | None = None) -> li
     """Greedily pack lines into chunks of at most `seq_chars` characters; a longer line is cut at a
     word boundary. Chunks shorter than `min_chars` (default seq_chars // 4) or blank are dropped."""
     if seq_chars < 16:
-        raise ValueError(f"seq_chars must be >= 16, got {seq_chars}")
+        raise InvalidArgumentError(f"seq_chars must be >= 16, got {seq_chars}")
     min_chars = seq_chars // 4 if min_chars is None else min_chars
     pieces: list[str] = []
     for line in text.split("\n"):
@@ -376,7 +377,7 @@ def split_domain(
     chunked = [(doc, chunk_text(text, seq_chars)) for doc, text in ranked]
     chunked = [(doc, chunks) for doc, chunks in chunked if chunks]
     if len(chunked) <= test_per_domain:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"domain {domain!r} has {len(chunked)} usable document(s); need more than test_per_domain="
             f"{test_per_domain} so some are left for the memory"
         )
@@ -410,10 +411,10 @@ def build_minipile(
     sources = {**SOURCES, **(sources or {})}
     unknown = [d for d in domains if d not in sources]
     if unknown:
-        raise ValueError(f"unknown domain(s) {unknown}; valid domains: {', '.join(sources)}")
+        raise InvalidArgumentError(f"unknown domain(s) {unknown}; valid domains: {', '.join(sources)}")
     for name, value in (("train_per_domain", train_per_domain), ("test_per_domain", test_per_domain)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            raise InvalidArgumentError(f"{name} must be an integer >= 1, got {value!r}")
     train: list[PileSequence] = []
     test: list[PileSequence] = []
     skipped: dict[str, str] = {}
@@ -434,7 +435,7 @@ def build_minipile(
         test.extend(te)
         logger.info("mini-Pile %s: %d documents -> %d train, %d test sequences", domain, len(documents), len(tr), len(te))
     if not test:
-        raise ValueError(f"no mini-Pile domain is available: {skipped}")
+        raise InvalidArgumentError(f"no mini-Pile domain is available: {skipped}")
     settings = {
         "domains": list(domains), "train_per_domain": train_per_domain, "test_per_domain": test_per_domain,
         "seq_chars": seq_chars, "seed": seed, "python": sys.version.split()[0],

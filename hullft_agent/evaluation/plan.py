@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from hullft_agent.errors import InvalidArgumentError
 from hullft_agent.evaluation.methods import METHODS, EvalConfig
 from hullft_agent.evaluation.report import summarize, summary_markdown
 from hullft_agent.evaluation.results import ResultLog, read_results, result_key, rewrite_results
@@ -58,7 +59,7 @@ def check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> list[str]:
     """The earlier run's files in `out`; refuses them unless resuming or overwriting (cheap, checked early)."""
     existing = [name for name in _OUTPUT_FILES if (out / name).exists()]
     if existing and not resume and not overwrite:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{out} already holds an evaluation ({', '.join(existing)}); pass resume (--resume) to continue it, "
             "overwrite (--overwrite) to start over, or choose another output folder"
         )
@@ -76,12 +77,12 @@ def _prepare_out_dir(out: Path, fingerprint: dict[str, Any], *, resume: bool, ov
         previous = json.loads(run_path.read_text(encoding="utf-8")).get("fingerprint", {})
         changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
         if changed:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"cannot resume {out}: the earlier run differs in {changed} (e.g. other units, K, mode, protocol, "
                 "finetune settings or model); use another output folder or --overwrite"
             )
     elif resume and (out / RESULTS_FILE).exists():
-        raise ValueError(f"cannot resume {out}: {RESULTS_FILE} exists but {RUN_FILE} is missing")
+        raise InvalidArgumentError(f"cannot resume {out}: {RESULTS_FILE} exists but {RUN_FILE} is missing")
 
 
 @dataclass

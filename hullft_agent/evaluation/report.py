@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from hullft_agent.errors import InvalidArgumentError
+
 _LN2 = math.log(2.0)
 BASE = "base"
 TIME_KEYS = ("embed", "retrieve", "select", "finetune", "score", "total")
@@ -24,7 +26,7 @@ def byte_weighted_bpb(nll_nats: Sequence[float], n_bytes: Sequence[int]) -> floa
     """Σ nll / (ln 2 · Σ bytes)."""
     total_bytes = int(sum(n_bytes))
     if total_bytes <= 0:
-        raise ValueError("no bytes to score: byte-weighted BPB needs at least one byte")
+        raise InvalidArgumentError("no bytes to score: byte-weighted BPB needs at least one byte")
     return math.fsum(nll_nats) / (_LN2 * total_bytes)
 
 
@@ -44,7 +46,7 @@ def _bpb_interval(nll_nats: np.ndarray, n_bytes: Sequence[int], n_resamples: int
     """Percentile interval of Σ nll / (ln 2 · Σ bytes) over units resampled with replacement."""
     _check_bootstrap(n_resamples, confidence)
     if nll_nats.size == 0:
-        raise ValueError(f"{what} needs at least one unit")
+        raise InvalidArgumentError(f"{what} needs at least one unit")
     nb = np.asarray(n_bytes, dtype=np.float64)
     idx = _resample_index(nll_nats.size, n_resamples, seed)
     return _interval(nll_nats[idx].sum(axis=1) / (_LN2 * nb[idx].sum(axis=1)), confidence)
@@ -88,15 +90,15 @@ def bootstrap_mean_ci(
     _check_bootstrap(n_resamples, confidence)
     x = np.asarray(values, dtype=np.float64)
     if x.size == 0:
-        raise ValueError("bootstrap_mean_ci needs at least one value")
+        raise InvalidArgumentError("bootstrap_mean_ci needs at least one value")
     return _interval(x[_resample_index(x.size, n_resamples, seed)].mean(axis=1), confidence)
 
 
 def _check_bootstrap(n_resamples: int, confidence: float) -> None:
     if isinstance(n_resamples, bool) or not isinstance(n_resamples, int) or n_resamples < 1:
-        raise ValueError(f"n_resamples must be an integer >= 1, got {n_resamples!r}")
+        raise InvalidArgumentError(f"n_resamples must be an integer >= 1, got {n_resamples!r}")
     if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+        raise InvalidArgumentError(f"confidence must be in (0, 1), got {confidence!r}")
 
 
 # ---------------------------------------------------------------------------------------- summary

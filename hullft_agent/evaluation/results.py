@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from hullft_agent.errors import ResultLogError
+from hullft_agent.errors import InvalidArgumentError, ResultLogError
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def read_results(path: str | os.PathLike[str], *, repair: bool = False) -> tuple
         try:
             record = json.loads(raw.decode("utf-8"))
             if not isinstance(record, dict) or record.get("type") != "result":
-                raise ValueError("not a result record")
+                raise InvalidArgumentError("not a result record")
             key = result_key(record)
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
             if is_last:  # a torn final line from a killed run

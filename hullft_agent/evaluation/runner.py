@@ -18,7 +18,7 @@ import numpy as np
 
 from hullft_agent.candidates import CandidateSource
 from hullft_agent.config import AdapterConfig, AdaptOverrides, FinetuneConfig, SelectionConfig
-from hullft_agent.errors import NoUnitsError
+from hullft_agent.errors import InvalidArgumentError, InvalidTypeError, NoUnitsError
 from hullft_agent.evaluation.guard import GuardedSource
 from hullft_agent.evaluation.methods import METHODS, EvalConfig
 from hullft_agent.evaluation.plan import EvalResult, Job, plan_run
@@ -68,7 +68,7 @@ def check_units(units: Sequence[EvalUnit]) -> list[EvalUnit]:
         raise NoUnitsError("no units to evaluate")
     ids = [u.id for u in units]
     if len(set(ids)) != len(ids):
-        raise ValueError("unit ids must be unique")
+        raise InvalidArgumentError("unit ids must be unique")
     return units
 
 
@@ -107,13 +107,13 @@ class JobRunner:
         self.guard = GuardedSource(source, namespace=namespace, exclude_task=config.exclude_task)
         if adapter is None:
             if model is None:
-                raise ValueError("pass a model (or a LoadedModel), or an existing TestTimeAdapter as adapter=")
+                raise InvalidArgumentError("pass a model (or a LoadedModel), or an existing TestTimeAdapter as adapter=")
             if tokenizer is None and hasattr(model, "tokenizer"):
                 model, tokenizer = model.model, model.tokenizer
             if tokenizer is None:
-                raise ValueError("pass the model's tokenizer (or a LoadedModel)")
+                raise InvalidArgumentError("pass the model's tokenizer (or a LoadedModel)")
             if _has_lora_layers(model):
-                raise ValueError(
+                raise InvalidArgumentError(
                     "the model already carries LoRA layers (a TestTimeAdapter wrapped it): pass that adapter as "
                     "adapter=, or load a separate copy of the model"
                     + (" (the reference protocol trains every weight of a plain model)"
@@ -122,11 +122,11 @@ class JobRunner:
             base_model = model
         else:
             if not isinstance(adapter, TestTimeAdapter):
-                raise TypeError(f"adapter must be a TestTimeAdapter, got {type(adapter).__name__}")
+                raise InvalidTypeError(f"adapter must be a TestTimeAdapter, got {type(adapter).__name__}")
             base_model = adapter.model
         self.finetune = config.training(_context_length(base_model))
         if adapter is not None and adapter.session.method != self.finetune.method:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"protocol {config.protocol!r} needs a {self.finetune.method!r} session but the adapter's is "
                 f"{adapter.session.method!r}; create a separate adapter (and model copy) for it"
             )

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from hullft_agent.errors import NoUnitsError
+from hullft_agent.errors import InvalidArgumentError, NoUnitsError
 from hullft_agent.memory.filters import scope
 from hullft_agent.memory.schema import WINDOW_KIND, WINDOW_META, render_window
 
@@ -61,7 +61,7 @@ def units_fingerprint(units: Sequence[EvalUnit]) -> str:
 
 def _check_unit_size(unit_size: Any) -> int:
     if isinstance(unit_size, bool) or not isinstance(unit_size, int) or unit_size < 1:
-        raise ValueError(f"unit_size must be an integer >= 1 (steps per unit), got {unit_size!r}")
+        raise InvalidArgumentError(f"unit_size must be an integer >= 1 (steps per unit), got {unit_size!r}")
     return unit_size
 
 
@@ -82,7 +82,7 @@ def _row_step(row: dict[str, Any]) -> tuple[int, str, str]:
         info = (json.loads(row["metadata"]) if row["metadata"] else {}).get(WINDOW_META, {})
         if "last_kind" in info and "last_text" in info:
             return int(row["step"]), str(info["last_kind"]), str(info["last_text"])
-        raise ValueError(f"window row of step {row['step']} has no {WINDOW_META} metadata; cannot recover the step")
+        raise InvalidArgumentError(f"window row of step {row['step']} has no {WINDOW_META} metadata; cannot recover the step")
     return int(row["step"]), str(row["kind"]), str(row["text"])
 
 
@@ -121,7 +121,7 @@ def select_episodes(
     keeps one task; `episodes` names them explicitly (each must exist). The filters combine (AND).
     """
     if split is None and task is None and not episodes:
-        raise ValueError("choose the held-out episodes: pass split=, task= or episodes= (e.g. split='test')")
+        raise InvalidArgumentError("choose the held-out episodes: pass split=, task= or episodes= (e.g. split='test')")
     ns = namespace or memory.namespace
     known = _episode_meta(memory, ns, None)
     if not known:
@@ -189,7 +189,7 @@ def episode_units(
     """
     unit_size = _check_unit_size(unit_size)
     if query not in ("unit", "context"):
-        raise ValueError(f"query must be 'unit' or 'context', got {query!r}")
+        raise InvalidArgumentError(f"query must be 'unit' or 'context', got {query!r}")
     if context_steps is not None:
         _check_unit_size(context_steps)
     context_steps = context_steps or unit_size
@@ -250,9 +250,9 @@ def text_units(items: Iterable[Any]) -> list[EvalUnit]:
         elif isinstance(item, Mapping):
             unknown = sorted(set(item) - {"id", "text", "group", "query", "episode", "task", "meta"})
             if unknown:
-                raise ValueError(f"item {i}: unknown field(s) {unknown}")
+                raise InvalidArgumentError(f"item {i}: unknown field(s) {unknown}")
             if "id" not in item or "text" not in item:
-                raise ValueError(f"item {i}: needs 'id' and 'text'")
+                raise InvalidArgumentError(f"item {i}: needs 'id' and 'text'")
             text = item["text"]
             unit = EvalUnit(
                 id=item["id"],
@@ -267,17 +267,17 @@ def text_units(items: Iterable[Any]) -> list[EvalUnit]:
             uid, text, *rest = item
             unit = EvalUnit(id=uid, text=text, query=text, group=rest[0] if rest else "all")
         else:
-            raise ValueError(f"item {i}: expected (id, text, group), a mapping or an EvalUnit, got {item!r:.80}")
+            raise InvalidArgumentError(f"item {i}: expected (id, text, group), a mapping or an EvalUnit, got {item!r:.80}")
         if not isinstance(unit.id, str) or not unit.id.strip():
-            raise ValueError(f"item {i}: id must be a non-empty string, got {unit.id!r}")
+            raise InvalidArgumentError(f"item {i}: id must be a non-empty string, got {unit.id!r}")
         for name in ("text", "query"):
             value = getattr(unit, name)
             if not isinstance(value, str) or not value.strip():
-                raise ValueError(f"item {i} ({unit.id!r}): {name} must be a non-empty string, got {value!r:.60}")
+                raise InvalidArgumentError(f"item {i} ({unit.id!r}): {name} must be a non-empty string, got {value!r:.60}")
         if not isinstance(unit.group, str) or not unit.group:
-            raise ValueError(f"item {i} ({unit.id!r}): group must be a non-empty string")
+            raise InvalidArgumentError(f"item {i} ({unit.id!r}): group must be a non-empty string")
         if unit.id in seen:
-            raise ValueError(f"item {i}: duplicate unit id {unit.id!r}")
+            raise InvalidArgumentError(f"item {i}: duplicate unit id {unit.id!r}")
         seen.add(unit.id)
         units.append(unit)
     if not units:

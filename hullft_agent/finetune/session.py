@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from hullft_agent.config import FinetuneConfig, LoRAConfig
+from hullft_agent.errors import InvalidArgumentError
 from hullft_agent.files import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class FinetuneSession(ABC):
         """Record the trainable parameters and a detached copy of their current values."""
         self._params = {name: p for name, p in self.model.named_parameters() if p.requires_grad}
         if not self._params:
-            raise ValueError("the model has no trainable parameters")
+            raise InvalidArgumentError("the model has no trainable parameters")
         with torch.no_grad():
             self._initial = {
                 name: p.detach().to(device=device if device is not None else p.device, copy=True)
@@ -98,7 +99,7 @@ class FinetuneSession(ABC):
         missing = sorted(set(self._params) - set(state))
         unexpected = sorted(set(state) - set(self._params))
         if missing or unexpected:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"state dict does not match this {self.method or 'finetune'} session: "
                 f"{len(missing)} missing key(s) {_preview(missing)}, "
                 f"{len(unexpected)} unexpected key(s) {_preview(unexpected)}"
@@ -109,7 +110,7 @@ class FinetuneSession(ABC):
             if tuple(state[name].shape) != tuple(p.shape)
         ]
         if bad:
-            raise ValueError(f"state dict shape mismatch for {len(bad)} tensor(s): {_preview(bad)}")
+            raise InvalidArgumentError(f"state dict shape mismatch for {len(bad)} tensor(s): {_preview(bad)}")
         with torch.no_grad():
             for name, p in self._params.items():
                 p.copy_(state[name])
@@ -137,7 +138,7 @@ class FinetuneSession(ABC):
             metadata = handle.metadata() or {}
         method = metadata.get("method")
         if method and self.method and method != self.method:
-            raise ValueError(f"{path} holds a '{method}' session state; this session is '{self.method}'")
+            raise InvalidArgumentError(f"{path} holds a '{method}' session state; this session is '{self.method}'")
         self.load_state_dict(load_file(str(path)))
 
 
@@ -155,7 +156,7 @@ class LoRASession(FinetuneSession):
 
         lora = lora if lora is not None else LoRAConfig()
         if isinstance(model, PeftModel):
-            raise ValueError("the model is already a PeftModel; pass the plain base model")
+            raise InvalidArgumentError("the model is already a PeftModel; pass the plain base model")
         _check_targets(model, lora.target_modules)
         peft_config = LoraConfig(
             r=lora.r,
@@ -242,7 +243,7 @@ def create_session(model: nn.Module, tokenizer: Any, config: FinetuneConfig | No
             return LoRASession(model, tokenizer, config.lora)
     if config.method == "full":
         return FullSession(model, tokenizer)
-    raise ValueError(f"unknown finetune method {config.method!r}")
+    raise InvalidArgumentError(f"unknown finetune method {config.method!r}")
 
 
 def _check_targets(model: nn.Module, targets: list[str]) -> None:
@@ -253,7 +254,7 @@ def _check_targets(model: nn.Module, targets: list[str]) -> None:
         linear = sorted(
             {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)}
         )
-        raise ValueError(
+        raise InvalidArgumentError(
             f"LoRA target module(s) {missing} match no module of {type(model).__name__}; "
             f"its linear modules are {linear}"
         )

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from hullft_agent.config import FinetuneConfig
-from hullft_agent.errors import ContextOverflowError
+from hullft_agent.errors import ContextOverflowError, InvalidArgumentError, InvalidTypeError
 from hullft_agent.finetune.session import FinetuneSession
 
 logger = logging.getLogger(__name__)
@@ -70,9 +70,9 @@ class Completion:
         for name in ("prompt", "answer"):
             value = getattr(self, name)
             if not isinstance(value, str):
-                raise TypeError(f"Completion.{name} must be a string, got {type(value).__name__}")
+                raise InvalidTypeError(f"Completion.{name} must be a string, got {type(value).__name__}")
         if not self.answer.strip():
-            raise ValueError(f"Completion.answer must contain text, got {self.answer!r}")
+            raise InvalidArgumentError(f"Completion.answer must contain text, got {self.answer!r}")
 
 
 def bos_token_id(tokenizer: Any) -> int:
@@ -81,7 +81,7 @@ def bos_token_id(tokenizer: Any) -> int:
         value = getattr(tokenizer, attr, None)
         if value is not None:
             return int(value)
-    raise ValueError("the tokenizer has neither a BOS nor an EOS token to prepend")
+    raise InvalidArgumentError("the tokenizer has neither a BOS nor an EOS token to prepend")
 
 
 def _pad_token_id(tokenizer: Any) -> int:
@@ -113,9 +113,9 @@ def encode_for_training(
     whole-sequence baseline).
     """
     if max_length < 2:
-        raise ValueError(f"max_length must be at least 2 (BOS and one token), got {max_length}")
+        raise InvalidArgumentError(f"max_length must be at least 2 (BOS and one token), got {max_length}")
     if pad_to is not None and pad_to < 2:
-        raise ValueError(f"pad_to must be at least 2, got {pad_to}")
+        raise InvalidArgumentError(f"pad_to must be at least 2, got {pad_to}")
     limit = max_length if pad_to is None else min(max_length, pad_to)
     if isinstance(text, Completion):
         ids, n_context = _completion_ids(tokenizer, text, limit, max_length, pad_to)
@@ -154,7 +154,7 @@ def _completion_ids(
         prompt = prompt[1:]
     answer = list(tokenizer(completion.answer, add_special_tokens=False)["input_ids"])
     if not answer:
-        raise ValueError(f"the answer {completion.answer!r:.60} encodes to no tokens")
+        raise InvalidArgumentError(f"the answer {completion.answer!r:.60} encodes to no tokens")
     eos = getattr(tokenizer, "eos_token_id", None)
     if eos is not None and answer[-1] != int(eos):
         answer.append(int(eos))
@@ -173,23 +173,23 @@ def _completion_ids(
 
 def _validate(texts: Sequence[str | Completion], counts: Sequence[int]) -> list[int]:
     if isinstance(texts, (str, Completion)):
-        raise ValueError(
+        raise InvalidArgumentError(
             "texts must be a sequence of strings or Completions, not a single string or Completion"
         )
     if len(texts) != len(counts):
-        raise ValueError(f"texts and counts differ in length ({len(texts)} vs {len(counts)})")
+        raise InvalidArgumentError(f"texts and counts differ in length ({len(texts)} vs {len(counts)})")
     clean: list[int] = []
     for i, (text, count) in enumerate(zip(texts, counts, strict=True)):
         if not isinstance(text, Completion) and (not isinstance(text, str) or not text):
-            raise ValueError(f"texts[{i}] must be a non-empty string or a Completion, got {text!r:.40}")
+            raise InvalidArgumentError(f"texts[{i}] must be a non-empty string or a Completion, got {text!r:.40}")
         if isinstance(count, bool):
-            raise ValueError(f"counts[{i}] must be an integer, got {count!r}")
+            raise InvalidArgumentError(f"counts[{i}] must be an integer, got {count!r}")
         try:
             value = operator.index(count)
         except TypeError:
-            raise ValueError(f"counts[{i}] must be an integer, got {count!r}") from None
+            raise InvalidArgumentError(f"counts[{i}] must be an integer, got {count!r}") from None
         if value < 0:
-            raise ValueError(f"counts[{i}] must be >= 0, got {value}")
+            raise InvalidArgumentError(f"counts[{i}] must be >= 0, got {value}")
         clean.append(value)
     return clean
 

@@ -14,7 +14,7 @@ import logging
 import sys
 from typing import Any
 
-from hullft_agent.errors import HullFTError, MemoryNotFoundError
+from hullft_agent.errors import HullFTError, InvalidArgumentError, MemoryNotFoundError
 from hullft_agent.memory.config import MemoryConfig, default_memory_uri
 from hullft_agent.memory.jsonl import add_steps, read_jsonl, rows_to_lines
 from hullft_agent.memory.schema import ALL_NAMESPACES
@@ -44,7 +44,7 @@ def _config(args: argparse.Namespace, **extra: Any) -> MemoryConfig:
     for item in args.storage_option or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--storage-option takes KEY=VALUE, got {item!r}")
+            raise InvalidArgumentError(f"--storage-option takes KEY=VALUE, got {item!r}")
         options[key] = value
     if options:
         values["storage_options"] = options
@@ -139,11 +139,11 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 def _cmd_forget(args: argparse.Namespace) -> int:
     if not (args.id or args.episode or args.task or args.all):
-        raise ValueError("say what to forget: --id, --episode, --task, or --all (a whole namespace)")
+        raise InvalidArgumentError("say what to forget: --id, --episode, --task, or --all (a whole namespace)")
     if args.all and (args.id or args.episode or args.task):
-        raise ValueError("--all deletes a whole namespace; do not combine it with --id/--episode/--task")
+        raise InvalidArgumentError("--all deletes a whole namespace; do not combine it with --id/--episode/--task")
     if args.all and (args.namespace is None or not args.yes):
-        raise ValueError("--all needs an explicit --namespace and --yes")
+        raise InvalidArgumentError("--all needs an explicit --namespace and --yes")
     memory = _open(args, embedder=False)
     deleted = memory.forget(
         ids=args.id or None,

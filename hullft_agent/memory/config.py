@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from hullft_agent.config import StrictConfig
+from hullft_agent.errors import InvalidArgumentError
 
 #: Environment variable that overrides the default memory location.
 MEMORY_URI_ENV = "HULLFT_MEMORY_URI"
@@ -120,7 +121,7 @@ class MemoryConfig(StrictConfig):
     def _kinds(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for kind in value:
             if not isinstance(kind, str) or not kind.strip() or kind == "window":
-                raise ValueError(f"kinds must be non-empty strings other than 'window', got {kind!r}")
+                raise InvalidArgumentError(f"kinds must be non-empty strings other than 'window', got {kind!r}")
         return tuple(value)
 
     @field_validator("storage_options")
@@ -131,5 +132,5 @@ class MemoryConfig(StrictConfig):
     @model_validator(mode="after")
     def _window_needs_window_granularity(self) -> MemoryConfig:
         if self.window is not None and self.granularity == "step" and self.window != 1:
-            raise ValueError(f"window={self.window} only applies to granularity='window'")
+            raise InvalidArgumentError(f"window={self.window} only applies to granularity='window'")
         return self

@@ -19,7 +19,12 @@ from typing import Any
 
 import lancedb
 
-from hullft_agent.errors import EmbedderMismatchError, MemoryNotFoundError, NotAMemoryTableError
+from hullft_agent.errors import (
+    EmbedderMismatchError,
+    InvalidArgumentError,
+    MemoryNotFoundError,
+    NotAMemoryTableError,
+)
 from hullft_agent.memory.config import MemoryConfig
 from hullft_agent.memory.lance_errors import is_table_existing, is_table_missing, permission_error
 from hullft_agent.memory.schema import (
@@ -71,7 +76,7 @@ def connect(config: MemoryConfig) -> Any:
     if uri.startswith("db://"):
         api_key = config.api_key.get_secret_value() if config.api_key else os.environ.get("LANCEDB_API_KEY")
         if not api_key:
-            raise ValueError(f"{uri} is a LanceDB Cloud/Enterprise URI: set api_key or LANCEDB_API_KEY")
+            raise InvalidArgumentError(f"{uri} is a LanceDB Cloud/Enterprise URI: set api_key or LANCEDB_API_KEY")
         kwargs.update(api_key=api_key, region=config.region)
         if config.host_override:
             kwargs["host_override"] = config.host_override
@@ -186,9 +191,9 @@ def _check_layout(table: Any, config: MemoryConfig, embedder: Any) -> TableLayou
                 "table/uri for the new one."
             )
     if config.granularity is not None and config.granularity != layout.granularity:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"memory {where} stores granularity {layout.granularity!r}, config asks for {config.granularity!r}"
         )
     if config.window is not None and layout.granularity == "window" and config.window != layout.window:
-        raise ValueError(f"memory {where} stores window {layout.window}, config asks for {config.window}")
+        raise InvalidArgumentError(f"memory {where} stores window {layout.window}, config asks for {config.window}")
     return layout

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from hullft_agent.errors import InvalidArgumentError
 from hullft_agent.memory.base import MemoryCore
 from hullft_agent.memory.filters import scope
 from hullft_agent.memory.queries import META_INDEX_PARTITIONS, vector_index
@@ -45,7 +46,7 @@ class MaintenanceMixin(MemoryCore):
         """
         table = self._check_writable()
         if ids is None and episode_id is None and task is None and namespace is None:
-            raise ValueError(
+            raise InvalidArgumentError(
                 "forget() with no ids, episode_id or task deletes a whole namespace; "
                 "pass namespace=... explicitly to do that"
             )
@@ -91,11 +92,11 @@ class MaintenanceMixin(MemoryCore):
     def checkout(self, version: int) -> None:
         """Pin reads to `version` (an evaluation then sees a fixed snapshot); writes are refused."""
         if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or version < 1:
-            raise ValueError(f"version must be an integer >= 1, got {version!r}")
+            raise InvalidArgumentError(f"version must be an integer >= 1, got {version!r}")
         try:
             self._live().checkout(int(version))
         except ValueError as exc:
-            raise ValueError(f"cannot check out version {version} of the memory: {exc}") from exc
+            raise InvalidArgumentError(f"cannot check out version {version} of the memory: {exc}") from exc
         self._pinned = int(version)
         self._has_index = None
 
@@ -180,7 +181,7 @@ class MaintenanceMixin(MemoryCore):
         table = self._check_writable()
         rows = table.count_rows()
         if rows < MIN_INDEX_ROWS:
-            raise ValueError(f"the memory holds {rows} rows; a vector index needs at least {MIN_INDEX_ROWS}")
+            raise InvalidArgumentError(f"the memory holds {rows} rows; a vector index needs at least {MIN_INDEX_ROWS}")
         params = dict(self.config.index_params)
         kind = self.config.index_type
         classes = {

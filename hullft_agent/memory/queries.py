@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from hullft_agent.candidates import CandidatePool
 from hullft_agent.config import LearnFrom
-from hullft_agent.errors import InvalidWhereError
+from hullft_agent.errors import InvalidArgumentError, InvalidWhereError
 from hullft_agent.memory.base import MemoryCore, remember_lru, select
 from hullft_agent.memory.filters import check_where_syntax, combine, learn_from_sql, scope
 from hullft_agent.memory.schema import SCALAR_COLUMNS, check_name, check_text, check_vector
@@ -77,13 +77,13 @@ class QueryMixin(MemoryCore):
     def _query_vector(self, vector: Any, context: str | None) -> np.ndarray:
         if isinstance(vector, str):
             if context is not None:
-                raise ValueError("pass either a query vector or a context text, not both")
+                raise InvalidArgumentError("pass either a query vector or a context text, not both")
             context, vector = vector, None
         if vector is not None and context is not None:
-            raise ValueError("pass either vector= or context=, not both")
+            raise InvalidArgumentError("pass either vector= or context=, not both")
         if vector is None:
             if context is None:
-                raise ValueError("candidates() needs a query: vector= (np.ndarray) or context= (str)")
+                raise InvalidArgumentError("candidates() needs a query: vector= (np.ndarray) or context= (str)")
             return self._embed([check_text(context, "context")])[0]
         return check_vector(np.asarray(vector, dtype=np.float32).reshape(-1), self._dim, what="query vector")
 
@@ -116,7 +116,7 @@ class QueryMixin(MemoryCore):
         """
         table = self._live()
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+            raise InvalidArgumentError(f"k must be an integer >= 1, got {k!r}")
         query = self._query_vector(vector, context)
         ns = self._ns(namespace)
         if task is not None:
@@ -177,7 +177,7 @@ class QueryMixin(MemoryCore):
             extra = [fields] if isinstance(fields, str) else list(fields)
             unknown = sorted(set(extra) - set(SCALAR_COLUMNS))
             if unknown:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"unknown fields {unknown}; expected some of {list(SCALAR_COLUMNS)} or 'all'"
                 )
         return ["id", "text", "vector", *[c for c in extra if c not in ("id", "text", "vector")], "_distance"]

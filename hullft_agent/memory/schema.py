@@ -22,6 +22,8 @@ import pyarrow as pa
 import pydantic
 from lancedb.pydantic import LanceModel, Vector
 
+from hullft_agent.errors import InvalidArgumentError, InvalidTypeError
+
 SCHEMA_VERSION = "1"
 #: Keys of the table-level schema metadata.
 META_SCHEMA = "hullft.schema_version"
@@ -66,7 +68,7 @@ MAX_STEP = 2**63 - 1
 def trajectory_model(dim: int) -> type[LanceModel]:
     """The LanceDB pydantic row model for embeddings of dimension `dim`."""
     if dim < 1:
-        raise ValueError(f"embedding dimension must be >= 1, got {dim}")
+        raise InvalidArgumentError(f"embedding dimension must be >= 1, got {dim}")
     return pydantic.create_model(
         f"TrajectoryRow{dim}",
         __base__=LanceModel,
@@ -119,7 +121,7 @@ def check_unicode(value: str, what: str) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{what} is not valid Unicode: a lone surrogate {value[exc.start]!r} at position {exc.start}"
         ) from None
     return value
@@ -129,17 +131,17 @@ def check_namespace(value: Any, what: str = "namespace") -> str:
     """A namespace is a non-empty string of at most 256 printable characters, other than '*'."""
     value = check_name(value, what)
     if value == ALL_NAMESPACES:
-        raise ValueError(f"{what} {ALL_NAMESPACES!r} is reserved (it selects every namespace in reads)")
+        raise InvalidArgumentError(f"{what} {ALL_NAMESPACES!r} is reserved (it selects every namespace in reads)")
     return value
 
 
 def check_name(value: Any, what: str) -> str:
     """Episode ids, tasks and row ids: non-empty strings of at most 256 characters, no control chars."""
     if not isinstance(value, str):
-        raise TypeError(f"{what} must be a str, got {type(value).__name__}")
+        raise InvalidTypeError(f"{what} must be a str, got {type(value).__name__}")
     check_unicode(value, what)
     if not value.strip() or len(value) > _MAX_NAME or not value.isprintable():
-        raise ValueError(f"{what} must be 1-{_MAX_NAME} printable characters, got {value!r:.80}")
+        raise InvalidArgumentError(f"{what} must be 1-{_MAX_NAME} printable characters, got {value!r:.80}")
     return value
 
 
@@ -167,13 +169,13 @@ class Step:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> Step:
         if not isinstance(data, Mapping):
-            raise TypeError(f"a step must be a Step or a mapping, got {type(data).__name__}")
+            raise InvalidTypeError(f"a step must be a Step or a mapping, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown step field(s) {unknown}; expected some of {sorted(known)}")
+            raise InvalidArgumentError(f"unknown step field(s) {unknown}; expected some of {sorted(known)}")
         if "kind" not in data or "text" not in data:
-            raise ValueError("a step needs at least 'kind' and 'text'")
+            raise InvalidArgumentError("a step needs at least 'kind' and 'text'")
         return cls(**dict(data))
 
 
@@ -197,19 +199,19 @@ class CheckedStep:
 
 def _check_int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{what} must be an int, got {type(value).__name__}")
+        raise InvalidTypeError(f"{what} must be an int, got {type(value).__name__}")
     if value < 0:
-        raise ValueError(f"{what} must be >= 0, got {value}")
+        raise InvalidArgumentError(f"{what} must be >= 0, got {value}")
     if value > MAX_STEP:
-        raise ValueError(f"{what} must be at most {MAX_STEP}, got {value}")
+        raise InvalidArgumentError(f"{what} must be at most {MAX_STEP}, got {value}")
     return int(value)
 
 
 def check_text(value: Any, what: str = "text") -> str:
     if not isinstance(value, str):
-        raise TypeError(f"{what} must be a str, got {type(value).__name__}")
+        raise InvalidTypeError(f"{what} must be a str, got {type(value).__name__}")
     if not value.strip():
-        raise ValueError(f"{what} is empty; a step's text must contain non-whitespace characters")
+        raise InvalidArgumentError(f"{what} is empty; a step's text must contain non-whitespace characters")
     return check_unicode(value, what)
 
 
@@ -217,13 +219,13 @@ def check_reward(value: Any) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"reward must be a number or None, got {type(value).__name__}")
+        raise InvalidTypeError(f"reward must be a number or None, got {type(value).__name__}")
     try:
         number = float(value)
     except OverflowError:
-        raise ValueError("reward must be finite, got an integer too large for a float") from None
+        raise InvalidArgumentError("reward must be finite, got an integer too large for a float") from None
     if not math.isfinite(number):
-        raise ValueError(f"reward must be finite, got {value}")
+        raise InvalidArgumentError(f"reward must be finite, got {value}")
     return number
 
 
@@ -231,7 +233,7 @@ def check_outcome(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise TypeError(f"outcome must be a str or None, got {type(value).__name__}")
+        raise InvalidTypeError(f"outcome must be a str or None, got {type(value).__name__}")
     return check_unicode(value, "outcome")
 
 
@@ -239,14 +241,14 @@ def check_metadata(value: Any) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise TypeError(f"metadata must be a JSON object (dict) or None, got {type(value).__name__}")
+        raise InvalidTypeError(f"metadata must be a JSON object (dict) or None, got {type(value).__name__}")
     try:
         text = json.dumps(value, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"metadata is not JSON-serialisable: {exc}") from exc
+        raise InvalidArgumentError(f"metadata is not JSON-serialisable: {exc}") from exc
     check_unicode(text, "metadata")
     if WINDOW_META in value:
-        raise ValueError(f"metadata key {WINDOW_META!r} is reserved for window rows")
+        raise InvalidArgumentError(f"metadata key {WINDOW_META!r} is reserved for window rows")
     return dict(value)
 
 
@@ -255,14 +257,14 @@ def check_vector(value: Any, dim: int, what: str = "vector") -> np.ndarray:
     try:
         array = np.asarray(value, dtype=np.float32)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"{what} must be a numeric array, got {type(value).__name__}") from exc
+        raise InvalidTypeError(f"{what} must be a numeric array, got {type(value).__name__}") from exc
     if array.ndim != 1 or array.shape[0] != dim:
-        raise ValueError(f"{what} must have shape ({dim},) (the embedder's dimension), got {array.shape}")
+        raise InvalidArgumentError(f"{what} must have shape ({dim},) (the embedder's dimension), got {array.shape}")
     if not np.isfinite(array).all():
-        raise ValueError(f"{what} contains NaN or inf")
+        raise InvalidArgumentError(f"{what} contains NaN or inf")
     norm = float(np.linalg.norm(array))
     if norm == 0.0:
-        raise ValueError(f"{what} is all zeros and cannot be normalised")
+        raise InvalidArgumentError(f"{what} is all zeros and cannot be normalised")
     return array / norm
 
 
@@ -280,11 +282,11 @@ def check_step(
     if not isinstance(step, Step):
         step = Step.from_mapping(step)
     if not isinstance(step.kind, str) or step.kind not in kinds:
-        raise ValueError(f"unknown kind {step.kind!r}; expected one of {list(kinds)}")
+        raise InvalidArgumentError(f"unknown kind {step.kind!r}; expected one of {list(kinds)}")
     text = check_text(step.text)
     episode = step.episode_id if step.episode_id is not None else default_episode
     if episode is None:
-        raise ValueError("episode_id is missing")
+        raise InvalidArgumentError("episode_id is missing")
     episode = check_name(episode, "episode_id")
     number = None if step.step is None else _check_int(step.step, "step")
     task = step.task if step.task is not None else default_task
@@ -297,7 +299,7 @@ def check_step(
     if created is None:
         created = now or datetime.now(timezone.utc)
     elif not isinstance(created, datetime):
-        raise TypeError(f"created_at must be a datetime, got {type(created).__name__}")
+        raise InvalidTypeError(f"created_at must be a datetime, got {type(created).__name__}")
     elif created.tzinfo is None:
         created = created.replace(tzinfo=timezone.utc)
     return CheckedStep(

@@ -11,6 +11,8 @@ import re
 
 import numpy as np
 
+from hullft_agent.errors import InvalidArgumentError
+
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -19,7 +21,7 @@ class HashingEmbedder:
 
     def __init__(self, dim: int = 64, *, model_name: str | None = None) -> None:
         if dim < 2:
-            raise ValueError(f"dim must be >= 2, got {dim}")
+            raise InvalidArgumentError(f"dim must be >= 2, got {dim}")
         self.dim = int(dim)
         self.model_name = model_name or f"hashing-{dim}"
 
@@ -45,7 +47,7 @@ class HashingEmbedder:
         batch = [texts] if single else list(texts)
         for i, text in enumerate(batch):
             if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"texts[{i}] must be a non-empty string")
+                raise InvalidArgumentError(f"texts[{i}] must be a non-empty string")
         if not batch:
             return np.zeros((0, self.dim), dtype=np.float32)
         vectors = np.stack([self._vector(t) for t in batch])

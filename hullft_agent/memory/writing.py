@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from hullft_agent.errors import DuplicateStepError, InvalidStepError
+from hullft_agent.errors import DuplicateStepError, InvalidArgumentError, InvalidStepError, InvalidTypeError
 from hullft_agent.memory.base import MemoryCore, select
 from hullft_agent.memory.connection import local_root
 from hullft_agent.memory.filters import scope
@@ -54,7 +54,7 @@ def _as_step(item: Any) -> Step | Mapping[str, Any]:
         return item
     if isinstance(item, tuple) and len(item) == 2:
         return Step(kind=item[0], text=item[1])
-    raise TypeError(f"a step must be a Step, a mapping or a (kind, text) tuple, got {type(item).__name__}")
+    raise InvalidTypeError(f"a step must be a Step, a mapping or a (kind, text) tuple, got {type(item).__name__}")
 
 
 def check_steps(
@@ -95,10 +95,10 @@ def check_steps(
             )
             if vectors is not None:
                 if one.vector is not None:
-                    raise ValueError("a vector is given both in the step and in vectors=")
+                    raise InvalidArgumentError("a vector is given both in the step and in vectors=")
                 one.vector = check_vector(vectors[i], dim, what=f"vectors[{i}]")
             if one.vector is not None and granularity == "window":
-                raise ValueError(
+                raise InvalidArgumentError(
                     "precomputed vectors cannot be used with granularity 'window' "
                     "(each row embeds the transcript of its window)"
                 )
@@ -336,7 +336,7 @@ class WriterMixin(MemoryCore):
         if outcome is not None:
             values["outcome"] = check_outcome(outcome)
         if not values:
-            raise ValueError("finish_episode needs a reward and/or an outcome")
+            raise InvalidArgumentError("finish_episode needs a reward and/or an outcome")
         where = scope(self._ns(namespace), episode_id=check_name(episode_id, "episode_id"))
         result = self._commit("update", lambda: table.update(where=where, values=values))
         self._after_write()

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from hullft_agent.adapter import AdaptationReport
+from hullft_agent.errors import InvalidArgumentError, InvalidTypeError
 
 Scoring = Literal["sum", "mean"]
 Strategy = Literal["loglik", "generate"]
@@ -33,16 +34,16 @@ _NON_WORD = re.compile(r"[^\w\s-]+", re.UNICODE)
 def check_choices(choices: Any) -> list[str]:
     """A non-empty list of distinct non-empty strings, or a ValueError/TypeError naming the bad one."""
     if isinstance(choices, str) or not isinstance(choices, Sequence):
-        raise TypeError(f"choices must be a list of strings, got {type(choices).__name__}")
+        raise InvalidTypeError(f"choices must be a list of strings, got {type(choices).__name__}")
     items = list(choices)
     if not items:
-        raise ValueError("choices is empty; give at least one answer to choose from")
+        raise InvalidArgumentError("choices is empty; give at least one answer to choose from")
     seen: dict[str, int] = {}
     for i, choice in enumerate(items):
         if not isinstance(choice, str) or not choice.strip():
-            raise ValueError(f"choices[{i}] must be a non-empty string, got {choice!r:.60}")
+            raise InvalidArgumentError(f"choices[{i}] must be a non-empty string, got {choice!r:.60}")
         if choice in seen:
-            raise ValueError(f"choices[{i}] {choice!r} repeats choices[{seen[choice]}]")
+            raise InvalidArgumentError(f"choices[{i}] {choice!r} repeats choices[{seen[choice]}]")
         seen[choice] = i
     return items
 
@@ -53,7 +54,7 @@ def rank_scores(token_logprobs: Sequence[Sequence[float]], scoring: Scoring) -> 
         return [float(sum(lp)) for lp in token_logprobs]
     if scoring == "mean":
         return [float(sum(lp) / len(lp)) for lp in token_logprobs]
-    raise ValueError(f"scoring must be 'sum' or 'mean', got {scoring!r}")
+    raise InvalidArgumentError(f"scoring must be 'sum' or 'mean', got {scoring!r}")
 
 
 def normalise(text: str) -> str:

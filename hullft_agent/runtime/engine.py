@@ -25,6 +25,7 @@ import torch
 from hullft_agent.adapter import AdaptationReport
 from hullft_agent.config import AdaptOverrides
 from hullft_agent.decisions import check_actor, decision_step
+from hullft_agent.errors import InvalidArgumentError, InvalidTypeError
 from hullft_agent.runtime.choice import (
     DEFAULT_SCORING,
     ChoiceResult,
@@ -83,7 +84,7 @@ class Call:
     def __post_init__(self) -> None:
         self.conversation = check_conversation(self.conversation)
         if not isinstance(self.context, str):
-            raise TypeError(f"context must be a string, got {type(self.context).__name__}")
+            raise InvalidTypeError(f"context must be a string, got {type(self.context).__name__}")
         if isinstance(self.overrides, Mapping):
             self.overrides = AdaptOverrides.model_validate(self.overrides)
         check_actor(self.actor)
@@ -186,22 +187,22 @@ class Runtime:
         if adapter is not None:
             for attr in ("adapt", "model", "tokenizer", "session", "config", "resolve"):
                 if not hasattr(adapter, attr):
-                    raise TypeError(f"adapter must be a TestTimeAdapter, got {type(adapter).__name__}")
+                    raise InvalidTypeError(f"adapter must be a TestTimeAdapter, got {type(adapter).__name__}")
             if model is not None and base_module(adapter.model) is not base_module(model):
-                raise ValueError("model and adapter wrap different models; pass the adapter alone (its model is used)")
+                raise InvalidArgumentError("model and adapter wrap different models; pass the adapter alone (its model is used)")
             tokenizer = tokenizer if tokenizer is not None else adapter.tokenizer
         elif model is None:
-            raise ValueError("a Runtime needs model= (a LoadedModel or a causal LM module) or adapter=")
+            raise InvalidArgumentError("a Runtime needs model= (a LoadedModel or a causal LM module) or adapter=")
         if model is not None and not callable(model):
-            raise TypeError(f"model must be a causal LM module or a LoadedModel, got {type(model).__name__}")
+            raise InvalidTypeError(f"model must be a causal LM module or a LoadedModel, got {type(model).__name__}")
         if tokenizer is None:
-            raise ValueError("a Runtime needs the model's tokenizer: pass tokenizer= (or a LoadedModel)")
+            raise InvalidArgumentError("a Runtime needs the model's tokenizer: pass tokenizer= (or a LoadedModel)")
         if memory is not None and not (hasattr(memory, "add") and hasattr(memory, "candidates")):
-            raise TypeError(f"memory must be a TrajectoryMemory, got {type(memory).__name__}")
+            raise InvalidTypeError(f"memory must be a TrajectoryMemory, got {type(memory).__name__}")
         if context_overflow not in ("truncate_oldest", "error"):
-            raise ValueError(f"context_overflow must be 'truncate_oldest' or 'error', got {context_overflow!r}")
+            raise InvalidArgumentError(f"context_overflow must be 'truncate_oldest' or 'error', got {context_overflow!r}")
         if on_adapt_error not in ("fallback", "raise"):
-            raise ValueError(f"on_adapt_error must be 'fallback' or 'raise', got {on_adapt_error!r}")
+            raise InvalidArgumentError(f"on_adapt_error must be 'fallback' or 'raise', got {on_adapt_error!r}")
         self._model = model
         self.tokenizer = tokenizer
         self.adapter = adapter
@@ -264,17 +265,17 @@ class Runtime:
         """
         options = check_choices(choices)
         if strategy not in ("loglik", "generate"):
-            raise ValueError(f"strategy must be 'loglik' or 'generate', got {strategy!r}")
+            raise InvalidArgumentError(f"strategy must be 'loglik' or 'generate', got {strategy!r}")
         rank_scores([[0.0]], scoring)  # validates the rule before the model runs
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
-            raise ValueError(f"choice_temperature must be a finite number >= 0, got {temperature!r}")
+            raise InvalidArgumentError(f"choice_temperature must be a finite number >= 0, got {temperature!r}")
         tok = self.tokenizer
         end = [int(tok.eos_token_id)] if getattr(tok, "eos_token_id", None) is not None else []
         encoded = []
         for i, choice in enumerate(options):
             ids = list(tok(choice, add_special_tokens=False)["input_ids"])
             if not ids:
-                raise ValueError(f"choices[{i}] {choice!r} encodes to no tokens")
+                raise InvalidArgumentError(f"choices[{i}] {choice!r} encodes to no tokens")
             encoded.append(ids + end)
         reserve = max(len(c) for c in encoded)
         if strategy == "generate":

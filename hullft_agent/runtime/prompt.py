@@ -11,7 +11,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from hullft_agent.errors import ContextOverflowError
+from hullft_agent.errors import ContextOverflowError, InvalidArgumentError
 from hullft_agent.runtime.locks import base_module
 
 logger = logging.getLogger(__name__)
@@ -26,12 +26,12 @@ Overflow = Literal["truncate_oldest", "error"]
 def check_conversation(conversation: Any) -> Conversation:
     """A non-empty list of {'role', 'content'} string dicts, or a ValueError naming the bad message."""
     if not isinstance(conversation, Sequence) or isinstance(conversation, str) or not conversation:
-        raise ValueError("a conversation must be a non-empty list of {'role': ..., 'content': ...} messages")
+        raise InvalidArgumentError("a conversation must be a non-empty list of {'role': ..., 'content': ...} messages")
     out = []
     for i, message in enumerate(conversation):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str) \
                 or not isinstance(message.get("content"), str):
-            raise ValueError(f"conversation[{i}] must be a dict with string 'role' and 'content', got {message!r:.80}")
+            raise InvalidArgumentError(f"conversation[{i}] must be a dict with string 'role' and 'content', got {message!r:.80}")
         out.append({"role": message["role"], "content": message["content"]})
     return out
 
@@ -81,7 +81,7 @@ def render_prompt(tokenizer: Any, conversation: Conversation) -> str:
             return tokenizer.apply_chat_template(variant, tokenize=False, add_generation_prompt=True)
         except Exception as exc:  # templates raise their own error types
             errors.append(exc)
-    raise ValueError(f"the tokenizer's chat template refused the conversation: {errors[-1]}") from errors[-1]
+    raise InvalidArgumentError(f"the tokenizer's chat template refused the conversation: {errors[-1]}") from errors[-1]
 
 
 def prompt_ids(tokenizer: Any, conversation: Conversation) -> list[int]:
@@ -90,7 +90,7 @@ def prompt_ids(tokenizer: Any, conversation: Conversation) -> list[int]:
     templated = bool(getattr(tokenizer, "chat_template", None))
     ids = tokenizer(text, add_special_tokens=not templated)["input_ids"]
     if not ids:
-        raise ValueError("the rendered prompt is empty")
+        raise InvalidArgumentError("the rendered prompt is empty")
     return list(ids)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from hullft_agent.errors import InvalidArgumentError
 from hullft_agent.runtime.generation import cache_argument, model_device
 
 #: Packed continuation tokens per forward pass (bounds the mask, which is tokens x (prompt + tokens)).
@@ -54,11 +55,11 @@ def score_continuations(
     must hold at least one token. The model's own state (training flag, weights) is left as it was.
     """
     if not prompt_ids:
-        raise ValueError("the prompt must hold at least one token")
+        raise InvalidArgumentError("the prompt must hold at least one token")
     conts = [list(c) for c in continuations]
     for i, c in enumerate(conts):
         if not c:
-            raise ValueError(f"continuation {i} is empty; every choice needs at least one token")
+            raise InvalidArgumentError(f"continuation {i} is empty; every choice needs at least one token")
     if not conts:
         return []
     device = model_device(model)

@@ -19,7 +19,7 @@ from langchain_core.messages import (
     ToolMessage,
 )
 
-from hullft_agent.errors import UnsupportedMessageError
+from hullft_agent.errors import InvalidArgumentError, InvalidTypeError, UnsupportedMessageError
 from hullft_agent.runtime.prompt import ASSISTANT, SYSTEM, TOOL, USER
 
 _CHAT_ROLES = {
@@ -82,9 +82,9 @@ def to_conversation(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
     else raises `UnsupportedMessageError` naming the message.
     """
     if not isinstance(messages, (list, tuple)):
-        raise TypeError(f"messages must be a list of LangChain messages, got {type(messages).__name__}")
+        raise InvalidTypeError(f"messages must be a list of LangChain messages, got {type(messages).__name__}")
     if not messages:
-        raise ValueError("ChatHullFT needs at least one message; got an empty message list")
+        raise InvalidArgumentError("ChatHullFT needs at least one message; got an empty message list")
     out: list[dict[str, str]] = []
     for i, message in enumerate(messages):
         where = f"messages[{i}] ({type(message).__name__})"

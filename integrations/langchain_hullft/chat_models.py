@@ -29,6 +29,7 @@ from langchain_core.runnables import ConfigurableField, Runnable, RunnableConfig
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hullft_agent.config import PACKAGED_LLM, AdaptMode, AdaptOverrides, SelectionMethod
+from hullft_agent.errors import InvalidArgumentError, InvalidTypeError
 from hullft_agent.runtime import (
     DEFAULT_MEMORY_KINDS,
     DEFAULT_SCORING,
@@ -178,10 +179,10 @@ class ChatHullFT(BaseChatModel):
     @model_validator(mode="after")
     def _check(self) -> ChatHullFT:
         if self.llm is None and self.adapter is None:
-            raise ValueError("ChatHullFT needs llm= (a LoadedModel or a causal LM module) or adapter=")
+            raise InvalidArgumentError("ChatHullFT needs llm= (a LoadedModel or a causal LM module) or adapter=")
         runtime = self.runtime()  # validates the model, adapter, tokenizer and memory together
         if self.stop is not None and not all(isinstance(s, str) for s in self.stop):
-            raise TypeError(f"stop must be a list of strings, got {self.stop!r}")
+            raise InvalidTypeError(f"stop must be a list of strings, got {self.stop!r}")
         if not self.model_name:
             self.model_name = runtime.name
         return self
@@ -223,7 +224,7 @@ class ChatHullFT(BaseChatModel):
         if memory is not None and adapt:
             embedder = embedder if embedder is not None else getattr(memory, "embedder", None)
             if embedder is None:
-                raise ValueError("adapting needs an embedder: pass embedder= or open the memory with one")
+                raise InvalidArgumentError("adapting needs an embedder: pass embedder= or open the memory with one")
             adapter = TestTimeAdapter(loaded, embedder=embedder, source=memory, config=adapter_config or AdapterConfig())
         kwargs.setdefault("model_name", model_name_from_source(loaded.source))
         if adapter is not None:
@@ -317,7 +318,7 @@ class ChatHullFT(BaseChatModel):
               metadata: dict[str, Any] | None) -> Call:
         model_override = kwargs.pop("model", None)
         if model_override is not None and model_override != self.model_name:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"ChatHullFT serves one local model ({self.model_name!r}); model={model_override!r} cannot be "
                 "switched per call. Create another ChatHullFT for another model."
             )
@@ -328,11 +329,11 @@ class ChatHullFT(BaseChatModel):
         try:
             options = CallOptions(**kwargs)
         except Exception as exc:
-            raise TypeError(f"invalid call options for ChatHullFT: {exc}") from exc
+            raise InvalidTypeError(f"invalid call options for ChatHullFT: {exc}") from exc
         keys = keys_from_config({"metadata": metadata}) if metadata else {}
         stops = list(stop) if stop is not None else list(self.stop or [])
         if not all(isinstance(s, str) for s in stops):
-            raise TypeError(f"stop must be a list of strings, got {stops!r}")
+            raise InvalidTypeError(f"stop must be a list of strings, got {stops!r}")
         seed = options.seed if options.seed is not None else self.seed
         sampling = SamplingParams(
             max_new_tokens=options.max_tokens or self.max_tokens,

@@ -24,6 +24,7 @@ from typing_extensions import NotRequired
 
 from hullft_agent.config import AdaptMode
 from hullft_agent.decisions import decision_step
+from hullft_agent.errors import InvalidArgumentError, InvalidTypeError
 from hullft_agent.runtime import DEFAULT_MEMORY_KINDS, lock_for
 from langchain_hullft._messages import (
     ASSISTANT,
@@ -93,12 +94,12 @@ class HullFTMiddleware(AgentMiddleware[HullFTState, Any, Any]):
     ) -> None:
         super().__init__()
         if mode not in (None, "per_query", "per_task"):
-            raise ValueError(f"mode must be 'per_query', 'per_task' or None, got {mode!r}")
+            raise InvalidArgumentError(f"mode must be 'per_query', 'per_task' or None, got {mode!r}")
         for name, value in (("task", task), ("namespace", namespace)):
             if value is not None and (not isinstance(value, str) or not value.strip()):
-                raise ValueError(f"{name} must be a non-empty string or None, got {value!r}")
+                raise InvalidArgumentError(f"{name} must be a non-empty string or None, got {value!r}")
         if memory is not None and not hasattr(memory, "add"):
-            raise TypeError(f"memory must be a TrajectoryMemory, got {type(memory).__name__}")
+            raise InvalidTypeError(f"memory must be a TrajectoryMemory, got {type(memory).__name__}")
         self.mode: AdaptMode | None = mode
         self.task = task
         self.namespace = namespace
@@ -141,7 +142,7 @@ class HullFTMiddleware(AgentMiddleware[HullFTState, Any, Any]):
     def _chat(self, request: ModelRequest) -> ChatHullFT:
         chat = find_chat_hullft(request.model)
         if chat is None:
-            raise TypeError(
+            raise InvalidTypeError(
                 "HullFTMiddleware needs the agent's model to be a langchain_hullft.ChatHullFT (it adapts that "
                 f"model before each call), got {type(request.model).__name__}. Pass create_agent(model=ChatHullFT(...))."
             )
