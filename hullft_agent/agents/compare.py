@@ -355,8 +355,8 @@ def _add_expert_decisions(memory: Any, games: Sequence[Path], config: CompareCon
     from hullft_agent.agents.walkthroughs import expert_decision, walkthrough_states
 
     logged = {e.episode_id for e in memory.episodes()}
-    rows = [expert_decision(config.agent(), state) for game in games for state in walkthrough_states(game)
-            if state.episode_id not in logged]
+    rows = [expert_decision(config.agent(), state) for game in games
+            for state in walkthrough_states(game, answer="engine") if state.episode_id not in logged]
     if rows:
         memory.add(rows)
 

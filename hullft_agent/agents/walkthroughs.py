@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from hullft_agent.agents.textworld import AgentConfig, adaptation_context, agent_prompt
 from hullft_agent.decisions import decision_step
@@ -34,8 +34,13 @@ class WalkthroughState:
         return f"{self.game}/walkthrough/decisions"
 
 
-def walkthrough_states(game_file: str | Path) -> list[WalkthroughState]:
-    """The states along a game's walkthrough, up to the first command the engine does not admit."""
+def walkthrough_states(game_file: str | Path, *, answer: Literal["walkthrough", "engine"] = "walkthrough"
+                       ) -> list[WalkthroughState]:
+    """The states along a game's walkthrough, up to the first command the engine does not admit.
+
+    `answer` is the expert's command at each state: the walkthrough's own, or the first command of the
+    engine's winning plan from that state (which skips the walkthrough's no-op moves such as `inventory`).
+    """
     from hullft_agent.envs.textworld import NO_OUTPUT, clean_observation, start_game
 
     path = Path(game_file)
@@ -52,8 +57,10 @@ def walkthrough_states(game_file: str | Path) -> list[WalkthroughState]:
             admissible = sorted(set(state["admissible_commands"] or []))
             if command not in admissible or state["won"] or state["lost"]:
                 break
+            plan = list(state["policy_commands"] or [])
+            expert = plan[0] if answer == "engine" and plan and plan[0] in admissible else command
             states.append(WalkthroughState(game, len(states), tuple(history), observation, objective,
-                                           tuple(admissible), command))
+                                           tuple(admissible), expert))
             state, _, _ = env.step(command)
             history.append((observation, command))
             observation = clean_observation(state.feedback)

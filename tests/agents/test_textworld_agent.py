@@ -381,3 +381,13 @@ def test_a_saved_comparison_loads_back_and_renders_the_same_tables(tmp_path, cac
                             progress=False)
     again = load_comparison(tmp_path / "out")
     assert summary_text(again) == summary_text(result) and again.episodes["none"][0].steps == result.episodes["none"][0].steps
+
+
+def test_walkthrough_states_answer_with_the_walkthrough_or_the_engines_plan(train_game):
+    from hullft_agent.agents.walkthroughs import walkthrough_states
+
+    walk = walkthrough_states(train_game)
+    engine = walkthrough_states(train_game, answer="engine")
+    assert [s.observation for s in walk] == [s.observation for s in engine], "the same states, in walkthrough order"
+    assert all(s.expert in s.admissible for s in walk + engine)
+    assert walk[0].expert == "inventory" and engine[0].expert != "inventory", "the engine skips the no-op opener"
