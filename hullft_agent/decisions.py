@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from hullft_agent.config import ACTOR_PATTERN, DecisionFormat
-from hullft_agent.errors import InvalidStepError
+from hullft_agent.errors import InvalidArgumentError, InvalidStepError
 
 if TYPE_CHECKING:
     from hullft_agent.finetune import Completion
@@ -35,15 +35,12 @@ def _check_prompt(prompt: Any) -> list[dict[str, str]] | str:
         if not prompt.strip():
             raise InvalidStepError("a decision's prompt is empty")
         return prompt
-    if not isinstance(prompt, Sequence) or not prompt:
-        raise InvalidStepError("a decision's prompt must be the chat messages sent (a non-empty list) or their text")
-    messages = []
-    for i, message in enumerate(prompt):
-        if not isinstance(message, Mapping) or not isinstance(message.get("role"), str) \
-                or not isinstance(message.get("content"), str):
-            raise InvalidStepError(f"prompt[{i}] must be a {{'role': str, 'content': str}} message, got {message!r:.60}")
-        messages.append({"role": message["role"], "content": message["content"]})
-    return messages
+    from hullft_agent.runtime.prompt import check_conversation  # the runtime imports this module
+
+    try:
+        return check_conversation(prompt, what="prompt")
+    except InvalidArgumentError as exc:
+        raise InvalidStepError(f"decision: {exc}") from None
 
 
 def decision_step(

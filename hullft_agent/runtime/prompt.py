@@ -8,7 +8,7 @@ variants for templates that refuse some roles) or, without one, `Role: text` lin
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from hullft_agent.errors import ContextOverflowError, InvalidArgumentError
@@ -23,15 +23,15 @@ Conversation = list[dict[str, str]]
 Overflow = Literal["truncate_oldest", "error"]
 
 
-def check_conversation(conversation: Any) -> Conversation:
-    """A non-empty list of {'role', 'content'} string dicts, or a ValueError naming the bad message."""
+def check_conversation(conversation: Any, *, what: str = "conversation") -> Conversation:
+    """A non-empty list of {'role', 'content'} string dicts, or an error naming the bad message (`what[i]`)."""
     if not isinstance(conversation, Sequence) or isinstance(conversation, str) or not conversation:
-        raise InvalidArgumentError("a conversation must be a non-empty list of {'role': ..., 'content': ...} messages")
+        raise InvalidArgumentError(f"a {what} must be a non-empty list of {{'role': ..., 'content': ...}} messages")
     out = []
     for i, message in enumerate(conversation):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str) \
+        if not isinstance(message, Mapping) or not isinstance(message.get("role"), str) \
                 or not isinstance(message.get("content"), str):
-            raise InvalidArgumentError(f"conversation[{i}] must be a dict with string 'role' and 'content', got {message!r:.80}")
+            raise InvalidArgumentError(f"{what}[{i}] must be a dict with string 'role' and 'content', got {message!r:.80}")
         out.append({"role": message["role"], "content": message["content"]})
     return out
 
