@@ -26,7 +26,7 @@ from hullft_agent.config import AdapterConfig, AdaptOverrides
 from hullft_agent.decisions import decision_instance, is_decision
 from hullft_agent.errors import InvalidArgumentError, InvalidTypeError
 from hullft_agent.files import write_json_atomic
-from hullft_agent.finetune import Completion, create_session, train_multiset
+from hullft_agent.finetune import Completion, create_session, encode_for_training, train_multiset
 from hullft_agent.metrics import BPBResult, score_texts
 
 logger = logging.getLogger(__name__)
@@ -374,9 +374,9 @@ class TestTimeAdapter:
 
     def _instances(self, pool: Any, idx: Any, config: AdapterConfig) -> tuple[list[Any], dict[int, str]]:
         """What each selected row trains on (its text, or a decision's prompt -> answer), and the rows
-        that cannot be trained (position -> reason): a malformed decision, or an answer longer than
-        the training length."""
-        limit = min(config.finetune.max_length, config.finetune.pad_to or config.finetune.max_length)
+        that cannot be trained (position -> reason): a malformed decision, or one the trainer refuses
+        (an answer longer than the training length)."""
+        ft = config.finetune
         instances: list[Any] = []
         excluded: dict[int, str] = {}
         for j, i in enumerate(idx):
@@ -385,13 +385,11 @@ class TestTimeAdapter:
                 continue
             try:
                 instance = decision_instance(pool.metadata[i], self.tokenizer, config.decision_format)
-            except (TypeError, ValueError) as exc:
+                encode_for_training(self.tokenizer, instance, ft.max_length, ft.pad_to)  # the trainer's own checks
+            except (TypeError, ValueError) as exc:  # malformed rows and the trainer's refusals
                 instances.append(pool.texts[i])
-                excluded[j] = f"malformed decision row: {exc}"
+                excluded[j] = f"{type(exc).__name__}: {exc}"
                 continue
-            answer = len(self.tokenizer(instance.answer, add_special_tokens=False)["input_ids"])
-            if answer + 2 > limit:  # BOS and the end token must fit around the whole answer
-                excluded[j] = f"the answer is {answer} tokens; training sequences hold {limit} (finetune.max_length)"
             instances.append(instance)
         return instances, excluded
 
