@@ -10,11 +10,15 @@ weights are serialised by one lock, so concurrent calls never see each other's a
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
 import math
+import queue
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +55,8 @@ from hullft_agent.runtime.prompt import (
 from hullft_agent.runtime.scoring import score_continuations
 
 logger = logging.getLogger(__name__)
+#: Stream workers still running after their consumer went away (kept referenced until they finish).
+_BACKGROUND: set[asyncio.Future[Any]] = set()
 
 #: Memory kind of a logged message, by its role (None leaves that role out of the memory).
 DEFAULT_MEMORY_KINDS: dict[str, str] = {USER: "observation", TOOL: "result", ASSISTANT: "action", "tool_call": "tool"}
@@ -249,6 +255,76 @@ class Runtime:
             result.timings["generate"] = result.stats.seconds
 
         return self.run(call, call.sampling.max_new_tokens, act)
+
+    def stream(self, call: Call) -> Iterator[str | CallResult]:
+        """`generate` in a worker thread: yields each text piece, then the `CallResult`.
+
+        The worker holds the model lock; the caller only hands pieces on, so a caller that stops
+        iterating (or closes the iterator) stops generation at the next token and frees the model.
+        An error inside the call is raised here.
+        """
+        items: queue.Queue[tuple[str, Any]] = queue.Queue()
+        cancel = threading.Event()
+
+        def work() -> None:
+            try:
+                items.put(("done", self.generate(call, lambda piece: items.put(("piece", piece)), cancel.is_set)))
+            except BaseException as exc:  # handed to the consumer, raised there
+                items.put(("error", exc))
+
+        ctx = contextvars.copy_context()
+        threading.Thread(target=ctx.run, args=(work,), name="hullft-stream", daemon=True).start()
+        try:
+            while True:
+                kind, payload = items.get()
+                if kind == "error":
+                    raise payload
+                yield payload
+                if kind == "done":
+                    return
+        finally:
+            cancel.set()
+
+    async def astream(self, call: Call) -> AsyncIterator[str | CallResult]:
+        """`stream` for asyncio: the worker hands pieces to the running loop; cancelling stops generation."""
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def put(item: tuple[str, Any]) -> None:
+            try:
+                loop.call_soon_threadsafe(items.put_nowait, item)
+            except RuntimeError:  # the loop is gone: nobody is listening any more
+                cancel.set()
+
+        def work() -> None:
+            try:
+                put(("done", self.generate(call, lambda piece: put(("piece", piece)), cancel.is_set)))
+            except BaseException as exc:
+                put(("error", exc))
+
+        worker = asyncio.ensure_future(asyncio.to_thread(work))
+        _BACKGROUND.add(worker)
+        worker.add_done_callback(_BACKGROUND.discard)
+        try:
+            while True:
+                kind, payload = await items.get()
+                if kind == "error":
+                    raise payload
+                yield payload
+                if kind == "done":
+                    return
+        finally:
+            cancel.set()
+
+    async def agenerate(self, call: Call) -> CallResult:
+        """`generate` off the event loop; cancelling the awaiting task stops generation at the next token."""
+        cancel = threading.Event()
+        try:
+            return await asyncio.to_thread(self.generate, call, None, cancel.is_set)
+        except asyncio.CancelledError:
+            cancel.set()
+            raise
 
     # ------------------------------------------------------------------ choose
     def choose(self, call: Call, choices: Sequence[str], *, strategy: Strategy = "loglik",

@@ -9,10 +9,7 @@ other's adaptation.
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import logging
-import queue
 import secrets
 import threading
 import uuid
@@ -54,7 +51,6 @@ _OVERRIDE_NAMES = {"method": "method", "n_select": "n", "k": "k", "refresh_inter
                    "mode": "mode"}
 #: Keyword arguments hosted chat models take that mean nothing for a local model; accepted and ignored.
 _IGNORED_INIT_KWARGS = ("api_key", "base_url", "max_retries", "organization")
-_BACKGROUND: set[asyncio.Future[Any]] = set()
 
 
 class CallOptions(BaseModel):
@@ -460,13 +456,11 @@ class ChatHullFT(BaseChatModel):
             )
         )
 
-    def _chunk(self, plan: Call, kind: str, payload: Any) -> tuple[ChatGenerationChunk, bool]:
-        """A streamed item from the worker as a chunk, and whether it is the last; a worker error is raised."""
-        if kind == "piece":
-            return ChatGenerationChunk(message=AIMessageChunk(content=payload)), False
-        if kind == "done":
-            return self._last_chunk(plan, payload), True
-        raise payload
+    def _chunk(self, plan: Call, item: str | CallResult) -> ChatGenerationChunk:
+        """A streamed item of the runtime as a chunk: a text piece, or the last chunk with usage and report."""
+        if isinstance(item, CallResult):
+            return self._last_chunk(plan, item)
+        return ChatGenerationChunk(message=AIMessageChunk(content=item))
 
     # ------------------------------------------------------------------ BaseChatModel hooks
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
@@ -477,71 +471,20 @@ class ChatHullFT(BaseChatModel):
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
         plan = self._plan(messages, stop, kwargs, getattr(run_manager, "metadata", None))
-        items: queue.Queue[tuple[str, Any]] = queue.Queue()
-        cancel = threading.Event()
-
-        def work() -> None:
-            try:
-                outcome = self.runtime().generate(plan, lambda piece: items.put(("piece", piece)), cancel.is_set)
-                items.put(("done", outcome))
-            except BaseException as exc:  # handed to the consumer, re-raised there
-                items.put(("error", exc))
-
-        # The model runs in a worker thread (which holds the lock); this generator only hands the
-        # pieces on, so an abandoned stream stops generation at the next token and frees the model.
-        ctx = contextvars.copy_context()
-        threading.Thread(target=ctx.run, args=(work,), name="hullft-stream", daemon=True).start()
-        try:
-            while True:
-                chunk, done = self._chunk(plan, *items.get())
-                yield chunk
-                if done:
-                    return
-        finally:
-            cancel.set()
+        for item in self.runtime().stream(plan):
+            yield self._chunk(plan, item)
 
     async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                          run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         plan = self._plan(messages, stop, kwargs, getattr(run_manager, "metadata", None))
-        cancel = threading.Event()
-        try:
-            outcome = await asyncio.to_thread(self.runtime().generate, plan, None, cancel.is_set)
-        except asyncio.CancelledError:
-            cancel.set()  # the worker stops at the next token and releases the model
-            raise
-        return self._result(plan, outcome)
+        return self._result(plan, await self.runtime().agenerate(plan))
 
     async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
         plan = self._plan(messages, stop, kwargs, getattr(run_manager, "metadata", None))
-        loop = asyncio.get_running_loop()
-        items: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        cancel = threading.Event()
-
-        def put(item: tuple[str, Any]) -> None:
-            try:
-                loop.call_soon_threadsafe(items.put_nowait, item)
-            except RuntimeError:  # the loop is gone: nobody is listening any more
-                cancel.set()
-
-        def work() -> None:
-            try:
-                put(("done", self.runtime().generate(plan, lambda piece: put(("piece", piece)), cancel.is_set)))
-            except BaseException as exc:
-                put(("error", exc))
-
-        task = asyncio.ensure_future(asyncio.to_thread(work))
-        _BACKGROUND.add(task)
-        task.add_done_callback(_BACKGROUND.discard)
-        try:
-            while True:
-                chunk, done = self._chunk(plan, *await items.get())
-                yield chunk
-                if done:
-                    return
-        finally:
-            cancel.set()
+        async for item in self.runtime().astream(plan):
+            yield self._chunk(plan, item)
 
 
 def _with_config_keys(config: RunnableConfig | None, kwargs: dict[str, Any]) -> dict[str, Any]:
