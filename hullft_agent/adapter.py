@@ -7,6 +7,7 @@ what was chosen and where the time went. The adapter depends only on interfaces:
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import logging
@@ -70,8 +71,17 @@ class AdaptationReport(BaseModel):
         return not self.skipped and (self.steps > 0 or self.task_steps > 0)
 
 
-def _task_file(directory: Path, task: str) -> Path:
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", task)[:100] or "_"
+def _task_key(task: str | None, namespace: str | None) -> str:
+    """The per_task adapter slot: the task within its namespace (names have no control characters)."""
+    key = task or DEFAULT_TASK
+    return key if namespace is None else f"{namespace}\x1f{key}"
+
+
+def _task_file(directory: Path, key: str) -> Path:
+    """A file name per slot; a key with characters a file name cannot hold gets a hash, so none collide."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", key)[:100] or "_"
+    if safe != key:
+        safe = f"{safe[:80]}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     return directory / f"{safe}.safetensors"
 
 
@@ -245,11 +255,13 @@ class TestTimeAdapter:
         on_step: Callable[[int], None] | None = None,
         source: CandidateSource | None = None,
         overrides: AdaptOverrides | dict[str, Any] | None = None,
+        namespace: str | None = None,
     ) -> AdaptationReport:
         """Adapt the model to `context`; candidates from `episode_id` are excluded (no leakage).
 
         `source` replaces the adapter's candidate source and `overrides` its settings for this call
-        only. `on_step(steps_done)` is called after each training step, e.g. to drive a progress bar.
+        only. per_task adapters are kept per (`namespace`, task): two tenants' tasks of the same
+        name never share one. `on_step(steps_done)` is called after each training step, e.g. to drive a progress bar.
         """
         if not isinstance(context, str) or not context.strip():
             raise InvalidArgumentError(f"context must be a non-empty string, got {context!r:.60}")
@@ -270,7 +282,7 @@ class TestTimeAdapter:
             restore = self.session.reset
             ledger = None
         else:
-            key = task or DEFAULT_TASK
+            key = _task_key(task, namespace)
             self._activate_task(key)
             before, ledger_before = self.session.state_dict(), self._ledger(key).copy()
 

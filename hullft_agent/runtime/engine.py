@@ -444,7 +444,7 @@ class Runtime:
             source = NamespacedSource(source, call.namespace)
         try:
             report = adapter.adapt(call.context, task=call.task, episode_id=call.episode_id, source=source,
-                                   overrides=call.overrides)
+                                   overrides=call.overrides, namespace=call.namespace)
         except Exception as exc:
             if self.on_adapt_error == "raise":
                 raise

@@ -125,6 +125,19 @@ def test_per_task_keeps_and_swaps_adapters(tiny_model, tiny_tokenizer, tmp_path)
     assert torch.equal(base, logits(adapter))
 
 
+def test_per_task_adapters_are_kept_per_namespace(tiny_model, tiny_tokenizer, tmp_path):
+    config = make_config().model_copy(update={"mode": "per_task", "adapter_dir": tmp_path})
+    adapter = make_adapter(tiny_model, tiny_tokenizer, config=config)
+    adapter.adapt("cook the potato", task="session-1", namespace="tenant-a")
+    after_a = logits(adapter)
+    first = adapter.adapt("cook the potato", task="session-1", namespace="tenant-b")
+    assert first.task_steps == first.steps, "tenant-b's session-1 starts from the base model, not tenant-a's"
+    adapter.adapt("cook the potato", task="session-1", namespace="tenant-a")
+    assert not torch.allclose(after_a, logits(adapter)), "tenant-a's adapter trained on"
+    files = sorted(p.name for p in tmp_path.glob("*.safetensors"))
+    assert len(files) == 2 and all("session-1" in name for name in files), files
+
+
 def test_failure_mid_training_leaves_base_model(tiny_model, tiny_tokenizer, monkeypatch):
     adapter = make_adapter(tiny_model, tiny_tokenizer)
     base = logits(adapter)
