@@ -239,6 +239,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 130 if result.interrupted else 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The OpenAI-compatible server (an application: imported only when this command runs)."""
+    from hullft_agent.server.run import serve
+
+    config = _adapter_config(args).model_copy(update={"mode": args.mode, "adapter_dir": args.adapter_dir})
+    return serve(args, AdapterConfig.model_validate(config.model_dump()))
+
+
 def _version(name: str) -> str:
     try:
         return metadata.version(name)
@@ -355,6 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-chars", type=int, default=1000, dest="chunk_chars")
     _add_selection_args(p, training=True)
     p.set_defaults(func=cmd_adapt_demo)
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible server that adapts per session (needs the serve extra)")
+    _add_selection_args(p, training=True)
+    from hullft_agent.server.run import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("info", help="versions, device, model and cache paths")
     p.set_defaults(func=cmd_info)

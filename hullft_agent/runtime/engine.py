@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 import logging
 import math
 import queue
@@ -149,6 +150,23 @@ def trailing_messages(conversation: Conversation) -> Conversation:
             break
         tail.append(message)
     return [m for m in reversed(tail) if m["role"] != SYSTEM]
+
+
+def conversation_context(conversation: Conversation, last: int = 4) -> str:
+    """The text the adapter embeds for a conversation: its last `last` non-system messages.
+
+    Contents (an assistant's tool calls as `name({json})` lines) joined by newlines, without role
+    markers or template tokens, so it lives in the same space as the memory's step texts.
+    """
+    picked = [m for m in conversation if m["role"] != SYSTEM][-last:] if last > 0 else []
+    parts = []
+    for message in picked:
+        calls = [f"{c.get('name', '?')}({json.dumps(c.get('arguments', {}), sort_keys=True, default=str)})"
+                 for c in message.get("tool_calls") or ()]
+        text = "\n".join(t for t in (message["content"].strip(), *calls) if t)
+        if text:
+            parts.append(text)
+    return "\n".join(parts)
 
 
 class Runtime:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CORE = ROOT / "hullft_agent"
-APPLICATIONS = CORE / "agents"
+#: Applications inside the package: the TextWorld agent and the HTTP server.
+APPLICATIONS = (CORE / "agents", CORE / "server")
 INTEGRATIONS = ROOT / "integrations"
 #: Frameworks the core must never depend on.
 FORBIDDEN_IN_CORE = ("langchain", "langchain_core", "langgraph", "langchain_hullft", "fastapi", "uvicorn")
@@ -38,8 +39,8 @@ def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*.py") if "__pycache__" not in p.parts)
 
 
-def _is_under(path: Path, folder: Path) -> bool:
-    return folder in path.parents
+def _is_under(path: Path, folders: tuple[Path, ...]) -> bool:
+    return any(folder in path.parents for folder in folders)
 
 
 def _root(module: str) -> str:
@@ -72,7 +73,7 @@ def test_applications_are_imported_by_nothing_but_the_cli_commands_that_run_them
         if _is_under(path, APPLICATIONS):
             continue
         for module, top_level in _imports(path):
-            if module == "hullft_agent.agents" or module.startswith("hullft_agent.agents."):
+            if any(module == app or module.startswith(app + ".") for app in ("hullft_agent.agents", "hullft_agent.server")):
                 if path in LAZY_APPLICATION_LOADERS and not top_level:
                     continue
                 bad.append(f"{path.relative_to(ROOT)}: {module}")
