@@ -1,9 +1,13 @@
-"""Shared fixtures: a tiny randomly initialised Llama and a small byte-level BPE tokenizer.
-
-Built from a config in well under a second, so most tests never touch the packaged models.
+"""Shared fixtures: a tiny randomly initialised Llama and a small byte-level BPE tokenizer (built from a
+config in well under a second, so most tests never touch the packaged models), and a local S3 server.
 """
 
 from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -98,3 +102,44 @@ def encode_calls(monkeypatch) -> list[str]:
 
     monkeypatch.setattr(trainer, "encode_for_training", counting)
     return calls
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def s3_server():
+    """A moto S3 server on 127.0.0.1 with an empty bucket `agents`; yields lancedb storage options."""
+    pytest.importorskip("moto")
+    boto3 = pytest.importorskip("boto3")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while proc.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError("timed out waiting for the moto S3 server") from None
+                time.sleep(0.01)
+        assert proc.poll() is None, "moto server exited"
+        endpoint = f"http://127.0.0.1:{port}"
+        keys = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **keys).create_bucket(Bucket="agents")
+        yield {"aws_endpoint": endpoint, "aws_region": "us-east-1", "allow_http": "true", **keys}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -108,24 +108,42 @@ class MemoryCore:
         return vectors / norms[:, None]
 
     def _commit(self, what: str, fn: Callable[[], T]) -> T:
-        """Run one table commit (`what`: "append to", "update", ...), retrying with backoff against
-        the latest version on a conflict; a refused write becomes a `MemoryPermissionError`."""
-        delay = 0.05
-        retries = self.config.commit_retries
-        for attempt in range(retries + 1):
-            try:
-                return fn()
-            except Exception as exc:  # lancedb raises RuntimeError/OSError/ValueError subclasses
-                refused = permission_error(exc, what, self.config.uri)
-                if refused is not None:
-                    raise refused from exc
-                if attempt >= retries or not is_conflict(exc):
-                    raise
-                logger.warning(
-                    "commit (%s) hit a conflict (attempt %d/%d): %s", what, attempt + 1, retries, exc
-                )
-                time.sleep(delay * (1 + random.random()))
-                delay = min(delay * 2, 2.0)
-                if self._table is not None and self._pinned is None:
-                    self._table.checkout_latest()  # retry against the version that won
-        raise AssertionError("unreachable")
+        """Run one table commit (`what`: "append to", "update", ...), retrying conflicts against the
+        latest version (see `commit_with_retries`)."""
+
+        def follow_latest() -> None:
+            if self._table is not None and self._pinned is None:
+                self._table.checkout_latest()  # retry against the version that won
+
+        return commit_with_retries(
+            what, fn, retries=self.config.commit_retries, location=self.config.uri, before_retry=follow_latest
+        )
+
+
+def commit_with_retries(
+    what: str,
+    fn: Callable[[], T],
+    *,
+    retries: int,
+    location: str,
+    before_retry: Callable[[], None] | None = None,
+) -> T:
+    """Run one Lance commit (`what`: "append to", "update", ...), retrying with backoff when a
+    concurrent commit won the race (`before_retry` re-reads the latest version); a refused write
+    becomes a `MemoryPermissionError`. Shared by every table hullft writes."""
+    delay = 0.05
+    for attempt in range(retries + 1):
+        try:
+            return fn()
+        except Exception as exc:  # lancedb raises RuntimeError/OSError/ValueError subclasses
+            refused = permission_error(exc, what, location)
+            if refused is not None:
+                raise refused from exc
+            if attempt >= retries or not is_conflict(exc):
+                raise
+            logger.warning("commit (%s) hit a conflict (attempt %d/%d): %s", what, attempt + 1, retries, exc)
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 2.0)
+            if before_retry is not None:
+                before_retry()
+    raise AssertionError("unreachable")

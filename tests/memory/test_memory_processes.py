@@ -10,7 +10,6 @@ import multiprocessing
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -346,53 +345,6 @@ def test_an_episode_lands_whole_or_not_at_all_under_sigkill(tmp_path):
 
 
 # ------------------------------------------------------------------------------- object store
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture()
-def s3_server():
-    pytest.importorskip("moto")
-    boto3 = pytest.importorskip("boto3")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-
-        def up() -> bool:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return True
-            except OSError:
-                return proc.poll() is not None
-
-        _wait_for(up, 30, "the moto S3 server")
-        assert proc.poll() is None, "moto server exited"
-        endpoint = f"http://127.0.0.1:{port}"
-        keys = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **keys).create_bucket(
-            Bucket="agents"
-        )
-        yield {
-            "aws_endpoint": endpoint,
-            "aws_region": "us-east-1",
-            "allow_http": "true",
-            **keys,
-        }
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_the_same_memory_on_an_s3_compatible_store(s3_server, tmp_path, capsys):
