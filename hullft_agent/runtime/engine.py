@@ -40,6 +40,7 @@ from hullft_agent.runtime.choice import (
     match_answer,
     rank_scores,
 )
+from hullft_agent.runtime.constrained import forced_reserve, forced_tool_call
 from hullft_agent.runtime.generation import GenerationStats, SamplingParams, sample_tokens
 from hullft_agent.runtime.locks import base_module, lock_for
 from hullft_agent.runtime.prompt import (
@@ -54,6 +55,14 @@ from hullft_agent.runtime.prompt import (
     fit_prompt,
 )
 from hullft_agent.runtime.scoring import score_continuations
+from hullft_agent.runtime.tools import (
+    InvalidToolCall,
+    ToolCall,
+    check_tool_choice,
+    check_tools,
+    forced_tool_name,
+    parse_tool_calls,
+)
 
 logger = logging.getLogger(__name__)
 #: Stream workers still running after their consumer went away (kept referenced until they finish).
@@ -72,6 +81,9 @@ class Call:
     conversation's messages after its last assistant turn. The answer is logged after them, and,
     when the runtime logs decisions, a decision row (state = `context`, the prompt, the answer,
     `actor`) whose reward and outcome the caller can fill in later.
+    `tools` are OpenAI-style function definitions the model may call (`tools.check_tools`);
+    `tool_choice` is 'auto', 'none' (the tools are not offered), 'required' (the answer is a call)
+    or `{"type": "function", "function": {"name": ...}}` (a call of that tool).
     """
 
     conversation: Conversation
@@ -87,6 +99,8 @@ class Call:
     log_metadata: dict[str, Any] = field(default_factory=dict)
     actor: str = "agent"
     reward: float | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] = "auto"
 
     def __post_init__(self) -> None:
         self.conversation = check_conversation(self.conversation)
@@ -95,6 +109,13 @@ class Call:
         if isinstance(self.overrides, Mapping):
             self.overrides = AdaptOverrides.model_validate(self.overrides)
         check_actor(self.actor)
+        self.tools = check_tools(self.tools) or None
+        self.tool_choice = check_tool_choice(self.tool_choice, self.tools)
+
+    @property
+    def active_tools(self) -> list[dict[str, Any]] | None:
+        """The tools offered to the model: None without tools or with tool_choice='none'."""
+        return self.tools if self.tools and self.tool_choice != "none" else None
 
 
 @dataclass
@@ -110,6 +131,8 @@ class CallResult:
     logged_ids: list[str] = field(default_factory=list)
     log_error: str | None = None
     log_extra: dict[str, Any] = field(default_factory=dict)
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    invalid_tool_calls: list[InvalidToolCall] = field(default_factory=list)
 
     def usage(self) -> dict[str, int]:
         out = self.stats.output_tokens
@@ -254,25 +277,65 @@ class Runtime:
         """Most tokens (prompt + answer) the model attends to; None when unknown."""
         return context_limit(self.model, self.tokenizer, self.max_context_tokens)
 
-    def fit_prompt(self, conversation: Conversation, max_new: int) -> tuple[list[int], int]:
-        """Prompt ids that fit the context, and how many of the oldest messages were dropped."""
+    def fit_prompt(self, conversation: Conversation, max_new: int,
+                   tools: Sequence[Mapping[str, Any]] | None = None) -> tuple[list[int], int]:
+        """Prompt ids (with the `tools` rendered) that fit the context, and how many of the oldest
+        messages were dropped."""
         return fit_prompt(self.tokenizer, conversation, limit=self.context_limit(), max_new=max_new,
-                          overflow=self.context_overflow, model_name=self.name)
+                          overflow=self.context_overflow, model_name=self.name, tools=tools)
 
     # ------------------------------------------------------------------ generate
     def generate(self, call: Call, emit: Callable[[str], None] | None = None,
                  should_stop: Callable[[], bool] | None = None) -> CallResult:
-        """Adapt, generate the answer (each decoded piece handed to `emit`), restore, log."""
+        """Adapt, generate the answer (each decoded piece handed to `emit`), restore, log.
 
-        def act(model: Any, ids: list[int], result: CallResult) -> None:
-            for piece in sample_tokens(model, self.tokenizer, ids, call.sampling, max_total=self.context_limit(),
+        With tools offered (`call.active_tools`) the answer may be tool-call markup, so nothing is
+        emitted while it is generated: it is parsed at the end (`tools.parse_tool_calls`) into
+        `result.tool_calls` / `result.invalid_tool_calls`, `result.text` is the content outside the
+        calls, emitted once when non-empty, and the finish reason is 'tool_calls' when calls were
+        parsed. `tool_choice='required'` or a named tool makes the model write a call in a forced
+        frame (`constrained.forced_tool_call`); `result.stats.text` keeps the raw output.
+        """
+        tools = call.active_tools
+        if tools is None:
+
+            def act(model: Any, ids: list[int], result: CallResult) -> None:
+                for piece in sample_tokens(model, self.tokenizer, ids, call.sampling,
+                                           max_total=self.context_limit(), stats=result.stats,
+                                           should_stop=should_stop):
+                    if emit is not None:
+                        emit(piece)
+                result.text = result.stats.text
+                result.timings["generate"] = result.stats.seconds
+
+            return self.run(call, call.sampling.max_new_tokens, act)
+
+        forced = call.tool_choice == "required" or forced_tool_name(call.tool_choice) is not None
+        name = forced_tool_name(call.tool_choice)
+
+        def act_tools(model: Any, ids: list[int], result: CallResult) -> None:
+            if forced:
+                raw = forced_tool_call(model, self.tokenizer, ids, tools, name, call.sampling,
+                                       max_total=self.context_limit(), stats=result.stats, should_stop=should_stop)
+            else:
+                for _ in sample_tokens(model, self.tokenizer, ids, call.sampling, max_total=self.context_limit(),
                                        stats=result.stats, should_stop=should_stop):
-                if emit is not None:
-                    emit(piece)
-            result.text = result.stats.text
+                    pass
+                raw = result.stats.text
             result.timings["generate"] = result.stats.seconds
+            result.text, result.tool_calls, result.invalid_tool_calls = parse_tool_calls(
+                raw, tools, response_template=None if forced else getattr(self.tokenizer, "response_template", None))
+            if result.tool_calls:
+                result.stats.finish_reason = "tool_calls"
+            for bad in result.invalid_tool_calls:
+                logger.warning("the model wrote an invalid tool call: %s", bad.error)
+            if result.text and emit is not None:
+                emit(result.text)
 
-        return self.run(call, call.sampling.max_new_tokens, act)
+        reserve = call.sampling.max_new_tokens
+        if forced:
+            reserve += forced_reserve(self.tokenizer, tools, name)
+        return self.run(call, reserve, act_tools)
 
     def stream(self, call: Call) -> Iterator[str | CallResult]:
         """`generate` in a worker thread: yields each text piece, then the `CallResult`.
@@ -426,7 +489,7 @@ class Runtime:
         """
         with self.lock:
             t0 = time.perf_counter()
-            ids, dropped = self.fit_prompt(call.conversation, reserve)
+            ids, dropped = self.fit_prompt(call.conversation, reserve, call.active_tools)
             timings = {"prompt": time.perf_counter() - t0}
             report, use_base, mode = self._adapt(call)
             timings["adapt"] = report.timings.get("total", 0.0)
@@ -491,6 +554,12 @@ class Runtime:
                         "adapted": result.report.adapted, "selected_ids": list(result.report.selected_ids),
                         **result.log_extra}
             steps.append({"kind": kind, "text": result.text, "metadata": metadata})
+        call_kind = self.memory_kinds.get("tool_call")
+        for tool_call in result.tool_calls if call_kind is not None else ():
+            args = json.dumps(tool_call.arguments, ensure_ascii=False, sort_keys=True, default=str)
+            steps.append({"kind": call_kind, "text": f"{tool_call.name}({args})",
+                          "metadata": {"role": ASSISTANT, "tool_call_id": tool_call.id, "name": tool_call.name,
+                                       "source": self.log_source, **call.log_metadata}})
         if self.log_decisions and result.text.strip() and call.context.strip():
             steps.append(decision_step(call.context, call.conversation, result.text, actor=call.actor,
                                        reward=call.reward, metadata={"model": self.name, **result.log_extra}))

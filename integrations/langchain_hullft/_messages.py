@@ -21,6 +21,7 @@ from langchain_core.messages import (
 
 from hullft_agent.errors import InvalidArgumentError, InvalidTypeError, UnsupportedMessageError
 from hullft_agent.runtime.prompt import ASSISTANT, SYSTEM, TOOL, USER
+from hullft_agent.runtime.tools import new_call_id
 
 _CHAT_ROLES = {
     "system": SYSTEM,
@@ -74,31 +75,35 @@ def render_tool_calls(tool_calls: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def to_conversation(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
-    """Render messages as `[{"role", "content"}]` for `tokenizer.apply_chat_template`.
+def to_conversation(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
+    """Messages as the runtime's conversation (`[{"role", "content", ...}]`).
 
-    System → system, Human → user, AI → assistant (tool calls appended as `[tool call] ...` lines),
-    Tool/Function → tool (content prefixed with the tool's name), ChatMessage by its role. Anything
-    else raises `UnsupportedMessageError` naming the message.
+    System → system, Human → user, AI → assistant (its tool calls as structured `tool_calls`:
+    `{"id", "name", "arguments"}`), Tool → tool with its `tool_call_id` and `name` (an error result's
+    content starts with "Error: "), Function → tool with its `name`, ChatMessage by its role. The
+    runtime renders calls and results through the chat template or as text (docs/runtime.md).
+    Anything else raises `UnsupportedMessageError` naming the message.
     """
     if not isinstance(messages, (list, tuple)):
         raise InvalidTypeError(f"messages must be a list of LangChain messages, got {type(messages).__name__}")
     if not messages:
         raise InvalidArgumentError("ChatHullFT needs at least one message; got an empty message list")
-    out: list[dict[str, str]] = []
+    out: list[dict[str, Any]] = []
     for i, message in enumerate(messages):
         where = f"messages[{i}] ({type(message).__name__})"
         role = message_role(message, where=where)
-        text = content_text(message.content, where=where)
+        entry: dict[str, Any] = {"role": role, "content": content_text(message.content, where=where)}
         if isinstance(message, AIMessage) and message.tool_calls:
-            calls = render_tool_calls(message.tool_calls)
-            text = f"{text}\n{calls}" if text else calls
-        elif role == TOOL:
-            name = getattr(message, "name", None)
-            status = getattr(message, "status", "success")
-            prefix = f"[tool result{' ' + name if name else ''}{' (error)' if status == 'error' else ''}] "
-            text = prefix + text
-        out.append({"role": role, "content": text})
+            entry["tool_calls"] = [{"id": call.get("id") or new_call_id(), "name": call["name"],
+                                    "arguments": dict(call.get("args") or {})} for call in message.tool_calls]
+        elif isinstance(message, (ToolMessage, FunctionMessage)):
+            if getattr(message, "status", "success") == "error" and not entry["content"].lower().startswith("error"):
+                entry["content"] = "Error: " + entry["content"]
+            for key in ("tool_call_id", "name"):
+                value = getattr(message, key, None)
+                if isinstance(value, str) and value:
+                    entry[key] = value
+        out.append(entry)
     return out
 
 

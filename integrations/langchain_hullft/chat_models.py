@@ -40,6 +40,13 @@ from hullft_agent.runtime.engine import model_name_from_source
 from hullft_agent.runtime.generation import SamplingParams
 from langchain_hullft._messages import adaptation_context, to_conversation, trailing_inputs
 from langchain_hullft._runtime import keys_from_config, memory_steps
+from langchain_hullft._tools import (
+    core_tool_choice,
+    langchain_invalid_tool_calls,
+    langchain_tool_calls,
+    openai_tools,
+    tool_call_chunks,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -260,12 +267,20 @@ class ChatHullFT(BaseChatModel):
             params["ls_stop"] = list(stops)
         return params
 
-    def bind_tools(self, tools: Sequence[Any], *, tool_choice: Any = None, **kwargs: Any) -> Runnable[Any, Any]:
-        raise NotImplementedError(
-            f"ChatHullFT ({self.model_name}) does not support tool calling: the local model has no "
-            "tool-calling format. Use it without tools (e.g. create_agent(model, tools=[])), or parse a "
-            "text protocol from its answers yourself."
-        )
+    def bind_tools(self, tools: Sequence[Any], *, tool_choice: Any = None, strict: bool | None = None,
+                   **kwargs: Any) -> Runnable[LanguageModelInput, AIMessage]:
+        """This model with `tools` offered on every call (LangChain tools, functions, pydantic models or
+        OpenAI dicts, converted by `convert_to_openai_tool`).
+
+        `tool_choice`: None/'auto' (the model decides), 'none', 'any'/'required' (the answer is a call),
+        a tool's name or True (with one tool: that tool). Tools are rendered by the chat template when it
+        supports them, else listed in the system prompt; calls are parsed from the answer into
+        `AIMessage.tool_calls` (malformed ones into `invalid_tool_calls`). See docs/langchain.md.
+        """
+        formatted = openai_tools(tools, strict=strict)
+        if tool_choice is not None:
+            kwargs["tool_choice"] = core_tool_choice(tool_choice, formatted)
+        return self.bind(tools=formatted, **kwargs)
 
     def configurable_adaptation(self, prefix: str = "") -> Runnable[LanguageModelInput, BaseMessage]:
         """This model with the adaptation settings exposed as configurable fields.
@@ -318,9 +333,9 @@ class ChatHullFT(BaseChatModel):
                 f"ChatHullFT serves one local model ({self.model_name!r}); model={model_override!r} cannot be "
                 "switched per call. Create another ChatHullFT for another model."
             )
-        if kwargs.get("tools"):
-            self.bind_tools(kwargs["tools"])
-        for name in [k for k in kwargs if k.startswith("ls_") or k in ("tools", "tool_choice")]:
+        tools = openai_tools(kwargs.pop("tools", None))
+        tool_choice = core_tool_choice(kwargs.pop("tool_choice", None), tools)
+        for name in [k for k in kwargs if k.startswith("ls_")]:
             kwargs.pop(name)
         try:
             options = CallOptions(**kwargs)
@@ -360,6 +375,8 @@ class ChatHullFT(BaseChatModel):
             log_metadata=dict(options.log_metadata or {}),
             actor=options.actor or "agent",
             reward=options.reward,
+            tools=tools or None,
+            tool_choice=tool_choice,
         )
 
     # ------------------------------------------------------------------ prompt
@@ -431,6 +448,11 @@ class ChatHullFT(BaseChatModel):
         }
         if outcome.log_error:
             hullft["log_error"] = outcome.log_error
+        if outcome.invalid_tool_calls:
+            hullft["invalid_tool_calls"] = [
+                {"id": c.id, "name": c.name, "arguments": c.arguments, "error": c.error}
+                for c in outcome.invalid_tool_calls
+            ]
         return {
             "model_name": self.model_name,
             "finish_reason": outcome.stats.finish_reason,
@@ -441,6 +463,8 @@ class ChatHullFT(BaseChatModel):
     def _result(self, plan: Call, outcome: CallResult) -> ChatResult:
         message = AIMessage(
             content=outcome.text,
+            tool_calls=langchain_tool_calls(outcome.tool_calls),
+            invalid_tool_calls=langchain_invalid_tool_calls(outcome.invalid_tool_calls),
             usage_metadata=outcome.usage(),
             response_metadata=self._metadata(plan, outcome),
         )
@@ -450,6 +474,7 @@ class ChatHullFT(BaseChatModel):
         return ChatGenerationChunk(
             message=AIMessageChunk(
                 content="",
+                tool_call_chunks=tool_call_chunks(outcome.tool_calls, outcome.invalid_tool_calls),
                 chunk_position="last",
                 usage_metadata=outcome.usage(),
                 response_metadata=self._metadata(plan, outcome),

@@ -379,8 +379,8 @@ def test_bad_call_options_raise(chat):
         chat.invoke(QUESTION, n_select=0)
     with pytest.raises(ValueError, match="cannot be switched"):
         chat.invoke(QUESTION, model="gpt-5")
-    with pytest.raises(NotImplementedError, match="tool calling"):
-        chat.bind_tools([])
+    with pytest.raises(ValueError, match="not among the tools"):
+        chat.bind_tools([{"name": "look", "parameters": {"type": "object", "properties": {}}}], tool_choice="jump")
 
 
 def test_bad_construction_raises():

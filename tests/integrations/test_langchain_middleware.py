@@ -17,6 +17,8 @@ from langchain_hullft import ChatHullFT, HullFTMiddleware, get_adaptation_report
 from langgraph.checkpoint.memory import InMemorySaver
 from test_langchain_helpers import TOKENIZER, adapter_config, make_chat, make_memory
 
+from hullft_agent.runtime import Runtime
+
 
 class ScriptedToolChat(ChatHullFT):
     """A ChatHullFT whose first answer of a run is a tool call (the tiny model cannot produce one).
@@ -175,8 +177,19 @@ def test_bad_middleware_settings(kwargs, match):
         HullFTMiddleware(**kwargs)
 
 
-def test_plain_chathullft_without_tools_refuses_tools_clearly(memory):
-    chat = make_chat(memory)
+def test_plain_chathullft_offers_the_agents_tools_to_the_model(memory, monkeypatch):
+    chat = make_chat(memory, max_positions=2048)
+    offered = []
+    real = Runtime.generate
+
+    def spy(self, call, *args, **kwargs):
+        offered.append(call.active_tools)
+        return real(self, call, *args, **kwargs)
+
+    monkeypatch.setattr(Runtime, "generate", spy)
     agent = create_agent(chat, tools=[lookup], middleware=[HullFTMiddleware()])
-    with pytest.raises(NotImplementedError, match="does not support tool calling"):
-        agent.invoke({"messages": [HumanMessage("where is the potato?")]})
+    state = agent.invoke({"messages": [HumanMessage("where is the potato?")]})
+    assert [t["function"]["name"] for t in offered[0]] == ["lookup"]
+    assert offered[0][0]["function"]["parameters"]["required"] == ["item"]
+    # the random tiny model writes no call on its own, so the run ends with its answer
+    assert isinstance(state["messages"][-1], AIMessage) and not state["messages"][-1].tool_calls
