@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
+import threading
+import time
 from typing import Any
 
 from hullft_agent.config import AdapterConfig, ModelConfig
@@ -61,6 +64,30 @@ def serve(args: argparse.Namespace, adapter_config: AdapterConfig) -> int:
     uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning",
                 timeout_graceful_shutdown=args.drain_seconds)
     return 0
+
+
+def serve_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0,
+                    timeout: float = 30.0) -> tuple[Any, threading.Thread, str]:
+    """Run `app` with uvicorn in a daemon thread (for tests, benchmarks and notebooks).
+
+    Returns (server, thread, base URL); stop with `server.should_exit = True; thread.join()`.
+    Port 0 picks a free port.
+    """
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="hullft-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            server.should_exit = True
+            raise RuntimeError(f"the server did not start within {timeout:g} s")
+        time.sleep(0.02)
+    return server, thread, f"http://{host}:{sock.getsockname()[1]}"
 
 
 def add_arguments(parser: Any) -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +17,7 @@ from hullft_agent.memory import TrajectoryMemory
 from hullft_agent.memory.testing import HashingEmbedder
 from hullft_agent.runtime import Runtime
 from hullft_agent.server import ServerConfig, create_app
+from hullft_agent.server.run import serve_in_thread
 
 MODEL = "tiny-test-model"
 KEYS = {"key-alice-0001": "alice", "key-bob-0002": "bob"}
@@ -34,22 +33,6 @@ class LiveServer:
     @property
     def base_url(self) -> str:
         return self.url + "/v1"
-
-
-def start(app: Any) -> tuple[uvicorn.Server, threading.Thread, str]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
-    return server, thread, f"http://127.0.0.1:{port}"
 
 
 def tiny_runtime(tokenizer: Any, memory: TrajectoryMemory, *, mode: str = "per_task", seed: int = 0) -> Runtime:
@@ -73,7 +56,7 @@ def serve_fixture(tiny_tokenizer, tmp_path) -> Iterator[Callable[..., LiveServer
                                namespace=namespace)
         runtime = tiny_runtime(tiny_tokenizer, memory, mode=mode)
         app = create_app(runtime, ServerConfig(**{"default_max_tokens": 8, **settings}))
-        server, thread, url = start(app)
+        server, thread, url = serve_in_thread(app)
         running.append((server, thread))
         return LiveServer(url, runtime, memory, app)
 
