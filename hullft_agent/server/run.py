@@ -54,6 +54,9 @@ def serve(args: argparse.Namespace, adapter_config: AdapterConfig) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         raise CLIError(f"--host {args.host} exposes the server beyond this machine: give --api-key KEY[=NAMESPACE] "
                        "(or bind to 127.0.0.1)")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight-loading bars say nothing a server log needs
     runtime = build_runtime(args, adapter_config)
     config = server_config(args, runtime.name)
     app = create_app(runtime, config)
