@@ -41,6 +41,8 @@ _NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?")
 _NUMBER_CHARS = frozenset("-0123456789.")
 #: A token starting with one of these ends a number or an enum value (the frame writes what follows).
 _TERMINATORS = frozenset(",}] \n\t")
+#: Tries at a byte of a multi-byte character inside a string before only whole characters are allowed.
+_BYTE_TRIES = 8
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,7 @@ class Vocabulary:
         special |= {i for i in range(n, size)}
         self.size = size
         body = torch.zeros(size, dtype=torch.bool)
+        whole = torch.zeros(size, dtype=torch.bool)
         close = torch.zeros(size, dtype=torch.bool)
         ends = torch.zeros(size, dtype=torch.bool)
         free = torch.ones(size, dtype=torch.bool)
@@ -136,11 +139,14 @@ class Vocabulary:
                 close[i] = True
             elif '"' not in piece and "\\" not in piece and not any(ord(c) < 32 or ord(c) == 127 for c in piece):
                 body[i] = True
+                whole[i] = "\ufffd" not in piece
             if piece[0] in _TERMINATORS:
                 ends[i] = True
             if set(piece) <= _NUMBER_CHARS:
                 self.number_ids.append(i)
         self.string_body, self.string_close, self.terminators, self.free = body, close, ends, free
+        #: string tokens that are whole characters on their own (no byte of a multi-byte one)
+        self.whole = whole
 
     def mask(self, ids: Sequence[int]) -> torch.Tensor:
         out = torch.zeros(self.size, dtype=torch.bool)
@@ -207,15 +213,16 @@ class ForcedDecoder:
         """Feed `text` as if the model had written it."""
         self._feed(list(self.tokenizer(text, add_special_tokens=False)["input_ids"]))
 
-    def pick(self, allowed: torch.Tensor) -> int:
-        """Sample (greedy at temperature 0) one token among `allowed`; it is not fed yet."""
+    def pick(self, allowed: torch.Tensor, budgeted: bool = True) -> int:
+        """Sample (greedy at temperature 0) one token among `allowed`; it is not fed yet. A `budgeted`
+        pick stops the call once `max_new_tokens` tokens were taken."""
         if self.should_stop is not None and self.should_stop():
             self.stats.finish_reason = "cancelled"
             raise _Stop
         if self.params.time_limit is not None and time.perf_counter() - self.start > self.params.time_limit:
             self.stats.finish_reason = "time_limit"
             raise _Stop
-        if self.sampled >= self.params.max_new_tokens:
+        if budgeted and self.sampled >= self.params.max_new_tokens:
             self.stats.finish_reason = "length"
             raise _Stop
         logits = self.logits
@@ -228,38 +235,58 @@ class ForcedDecoder:
             token = torch.argmax(scores, dim=-1, keepdim=True)
         return int(token.item())
 
-    def take(self, token: int) -> None:
-        """Feed a picked token (it counts against the call's `max_new_tokens`)."""
+    def take(self, token: int, budgeted: bool = True) -> None:
+        """Feed a picked token (a `budgeted` one counts against the call's `max_new_tokens`)."""
         self._feed([token])
-        self.sampled += 1
+        self.sampled += int(budgeted)
 
     # ------------------------------------------------------------------ values
     def string(self, spec: ValueSpec, max_tokens: int) -> str:
         """A JSON string: the opening quote is forced, then characters until the model closes it (or
-        `max_tokens` tokens, or `maxLength` characters, are written: then the quote is forced)."""
+        `max_tokens` tokens, or `maxLength` characters, are written: then the quote is forced).
+
+        A token that is part of a multi-byte character decodes to U+FFFD until the character is
+        complete; such a token is taken only while the text stays valid UTF-8 with at most one
+        unfinished character at its end (after a few tries, an unfinished character is left out of
+        the text and only whole-character tokens are allowed).
+        """
         self.force('"')
+        vocab = self.vocab
         value_ids: list[int] = []
         text = ""
+        taken = 0
         try:
-            while len(value_ids) < max_tokens and (spec.max_length is None or len(text) < spec.max_length):
-                allowed = self.vocab.string_body.clone()
+            while taken < max_tokens and self.sampled < self.params.max_new_tokens \
+                    and (spec.max_length is None or len(text) < spec.max_length):
+                allowed = vocab.string_body.clone()
                 if len(text.rstrip("\ufffd")) >= spec.min_length:
-                    allowed |= self.vocab.string_close
-                while True:
-                    token = self.pick(allowed)
-                    if self.vocab.string_close[token]:
+                    allowed |= vocab.string_close
+                unfinished = text.endswith("\ufffd")
+                token, grown = None, text
+                for _ in range(_BYTE_TRIES):
+                    candidate = self.pick(allowed)
+                    if vocab.string_close[candidate]:
+                        token = candidate
                         break
-                    # a byte of a multi-byte character decodes to U+FFFD until the character is complete:
-                    # take it only while the text stays valid UTF-8 with at most that one unfinished character
-                    grown = self.tokenizer.decode([*value_ids, token], skip_special_tokens=True)
+                    grown = self.tokenizer.decode([*value_ids, candidate], skip_special_tokens=True)
                     if "\ufffd" not in grown[:-1]:
+                        token = candidate
                         break
-                    allowed[token] = False
-                    if not bool(allowed.any()):
-                        raise _Stop
-                if self.vocab.string_close[token]:
+                    allowed[candidate] = False
+                if token is None:
+                    while unfinished and value_ids:  # no byte completes the character: leave it out of the text
+                        value_ids.pop()
+                        text = self.tokenizer.decode(value_ids, skip_special_tokens=True)
+                        unfinished = text.endswith("\ufffd")
+                    allowed = vocab.whole.clone()
+                    if len(text) >= spec.min_length:
+                        allowed |= vocab.string_close
+                    token = self.pick(allowed)
+                    grown = self.tokenizer.decode([*value_ids, token], skip_special_tokens=True)
+                if vocab.string_close[token]:
                     break
                 self.take(token)
+                taken += 1
                 value_ids.append(token)
                 text = grown
         except _Stop:
@@ -269,6 +296,9 @@ class ForcedDecoder:
         return json.dumps(text, ensure_ascii=False)
 
     def number(self, spec: ValueSpec) -> str:
+        """A JSON number (an integer for 'integer'), digits sampled until the model ends it, up to
+        `MAX_NUMBER_CHARS` characters (not counted against `max_new_tokens`: it is bounded); one cut
+        short is completed ("-" → "-0")."""
         prefix, complete = (_INTEGER_PREFIX, _INTEGER) if spec.kind == "integer" else (_NUMBER_PREFIX, _NUMBER)
         text = ""
         try:
@@ -280,10 +310,10 @@ class ForcedDecoder:
                     allowed |= self.vocab.terminators
                 if not bool(allowed.any()):
                     break
-                token = self.pick(allowed)
+                token = self.pick(allowed, budgeted=False)
                 if token not in cands:
                     break
-                self.take(token)
+                self.take(token, budgeted=False)
                 text += self.vocab.pieces[token]
         except _Stop:
             pass
@@ -293,7 +323,8 @@ class ForcedDecoder:
         return text
 
     def enum(self, spec: ValueSpec) -> str:
-        """One of `spec.options` (JSON texts), written token by token along the options' prefixes."""
+        """One of `spec.options` (JSON texts), written token by token along the options' prefixes (not
+        counted against `max_new_tokens`: it is bounded)."""
         options = spec.options
         pool = [i for i, p in enumerate(self.vocab.pieces) if p and self.vocab.free[i] and any(p in o for o in options)]
         text = ""
@@ -308,7 +339,7 @@ class ForcedDecoder:
             try:
                 if not cands:
                     raise _Stop
-                token = self.pick(allowed)
+                token = self.pick(allowed, budgeted=False)
             except _Stop:
                 if done:
                     return text
@@ -317,20 +348,22 @@ class ForcedDecoder:
                 return text + rest
             if token not in cands:
                 return text
-            self.take(token)
+            self.take(token, budgeted=False)
             text += self.vocab.pieces[token]
 
     def free_json(self) -> str:
-        """Sample freely until the text holds a complete JSON value (or `</tool_call>`, or the budget ends)."""
+        """`{` forced, then sampled freely until the text is a complete JSON object (or holds
+        `</tool_call>`, or the budget ends)."""
         decoder = json.JSONDecoder()
         value_ids: list[int] = []
-        text = ""
+        text = "{"
         try:
+            self.force("{")  # the arguments are an object
             while True:
                 token = self.pick(self.vocab.free)
                 self.take(token)
                 value_ids.append(token)
-                text = self.tokenizer.decode(value_ids, skip_special_tokens=True)
+                text = "{" + self.tokenizer.decode(value_ids, skip_special_tokens=True)
                 if TOOL_CALL_CLOSE in text:
                     return text.split(TOOL_CALL_CLOSE, 1)[0]
                 body = text.lstrip()
@@ -348,13 +381,6 @@ class ForcedDecoder:
             self.force(text)
         except _Stop:
             pass
-
-
-def _string_share(specs: Sequence[tuple[str, ValueSpec]], budget: int) -> int:
-    """Tokens the first of `specs` (a string) may take: an even share of what the later values leave."""
-    strings = sum(1 for _, s in specs if s.kind == "string")
-    others = sum(2 for _, s in specs if s.kind != "string")  # a number or enum value and its end
-    return max(1, (budget - others) // max(strings, 1))
 
 
 def forced_tool_call(model: Any, tokenizer: Any, prompt_ids: list[int], tools: Sequence[Mapping[str, Any]],
@@ -395,7 +421,9 @@ def forced_tool_call(model: Any, tokenizer: Any, prompt_ids: list[int], tools: S
                 decoder.force(head)
                 text += head
                 if value_spec.kind == "string":
-                    text += decoder.string(value_spec, _string_share(spec[i:], params.max_new_tokens - decoder.sampled))
+                    strings_left = sum(1 for _, s in spec[i:] if s.kind == "string")
+                    share = max(1, (params.max_new_tokens - decoder.sampled) // strings_left)
+                    text += decoder.string(value_spec, share)
                 elif value_spec.kind == "enum":
                     text += decoder.enum(value_spec)
                 else:

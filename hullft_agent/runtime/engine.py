@@ -323,8 +323,10 @@ class Runtime:
                     pass
                 raw = result.stats.text
             result.timings["generate"] = result.stats.seconds
+            template = None if forced else getattr(self.tokenizer, "response_template", None)
+            prefix = self.tokenizer.decode(ids, skip_special_tokens=False) if template else ""
             result.text, result.tool_calls, result.invalid_tool_calls = parse_tool_calls(
-                raw, tools, response_template=None if forced else getattr(self.tokenizer, "response_template", None))
+                raw, tools, response_template=template, prefix=prefix)
             if result.tool_calls:
                 result.stats.finish_reason = "tool_calls"
             for bad in result.invalid_tool_calls:

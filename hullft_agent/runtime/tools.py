@@ -183,14 +183,21 @@ def parse_tool_calls(text: str, tools: Sequence[Mapping[str, Any]] | None, *,
     if not isinstance(text, str):
         raise InvalidTypeError(f"text must be a string, got {type(text).__name__}")
     by_name = {t["function"]["name"]: t["function"] for t in check_tools(tools)}
+    template_error = None
     if response_template is not None:
         parsed = _parse_with_template(text, by_name, response_template, prefix)
-        if parsed is not None and (parsed[1] or parsed[2]):
+        if isinstance(parsed, str):
+            template_error = parsed
+        elif parsed is not None and (parsed[1] or parsed[2]):
             return parsed
     if TOOL_CALL_OPEN in text:
         return _parse_hermes(text, by_name)
     plain = _parse_plain_json(text, by_name)
-    return plain if plain is not None else (text.strip(), [], [])
+    if plain is not None:
+        return plain
+    if template_error is not None:  # the template saw a call region it could not read
+        return text.strip(), [], [InvalidToolCall(new_call_id(), None, text, template_error)]
+    return text.strip(), [], []
 
 
 def _parse_hermes(text: str, by_name: Mapping[str, Mapping[str, Any]]) -> tuple[str, list[ToolCall],
@@ -292,8 +299,9 @@ def _add_call(item: Any, by_name: Mapping[str, Mapping[str, Any]], calls: list[T
 
 
 def _parse_with_template(text: str, by_name: Mapping[str, Mapping[str, Any]], template: Mapping[str, Any],
-                         prefix: str) -> tuple[str, list[ToolCall], list[InvalidToolCall]] | None:
-    """The tokenizer's own response template through transformers' parser; None where it cannot be used."""
+                         prefix: str) -> tuple[str, list[ToolCall], list[InvalidToolCall]] | str | None:
+    """The tokenizer's own response template through transformers' parser: the parsed answer, the
+    parser's error, or None where transformers has no response parsing."""
     try:
         from transformers.utils.chat_parsing import parse_response
     except ImportError:  # transformers before response templates
@@ -301,9 +309,9 @@ def _parse_with_template(text: str, by_name: Mapping[str, Mapping[str, Any]], te
     tools = [{"type": "function", "function": dict(f)} for f in by_name.values()]
     try:
         message = parse_response(text, dict(template), prefix=prefix, tools=tools)
-    except Exception as exc:  # the template's parser rejects the text: try the Hermes rules
+    except Exception as exc:  # the template's parser rejects the text: the caller tries the Hermes rules
         logger.debug("the tokenizer's response template could not parse the answer: %s", exc)
-        return None
+        return f"the tokenizer's response template could not parse the answer: {exc}"
     content = message.get("content") if isinstance(message, Mapping) else None
     content = content if isinstance(content, str) else ""
     calls: list[ToolCall] = []
