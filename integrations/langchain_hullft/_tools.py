@@ -79,25 +79,13 @@ def langchain_invalid_tool_calls(calls: Sequence[InvalidToolCall]) -> list[LCInv
     return [invalid_tool_call(name=c.name, args=c.arguments, id=c.id, error=c.error) for c in calls]
 
 
-def tool_call_chunks(calls: Sequence[ToolCall], invalid: Sequence[InvalidToolCall]) -> list[ToolCallChunk]:
-    """The calls of a streamed answer, for its last chunk.
+def tool_call_chunks(calls: Sequence[ToolCall]) -> list[ToolCallChunk]:
+    """The valid calls of a streamed answer, for its last chunk.
 
-    LangChain rebuilds a merged stream's calls from these chunks alone, so an invalid call is only
-    carried here when its text does not parse as JSON arguments (else it would come back as a valid
-    call); every invalid call, with its error, is in `response_metadata['hullft']['invalid_tool_calls']`.
+    LangChain rebuilds a merged stream's calls from these chunks alone and reads their arguments
+    leniently (partial JSON), so an invalid call cannot be carried here without coming back as a
+    valid-looking one; a stream's invalid calls, with their errors, are in
+    `response_metadata['hullft']['invalid_tool_calls']`.
     """
-    chunks = [tool_call_chunk(name=c.name, args=json.dumps(c.arguments, ensure_ascii=False), id=c.id, index=i)
-              for i, c in enumerate(calls)]
-    for bad in invalid:
-        if not _is_json_object(bad.arguments):
-            chunks.append(tool_call_chunk(name=bad.name, args=bad.arguments, id=bad.id, index=len(chunks)))
-    return chunks
-
-
-def _is_json_object(text: str | None) -> bool:
-    if not text:
-        return True  # no arguments read as {}
-    try:
-        return isinstance(json.loads(text), dict)
-    except json.JSONDecodeError:
-        return False
+    return [tool_call_chunk(name=c.name, args=json.dumps(c.arguments, ensure_ascii=False), id=c.id, index=i)
+            for i, c in enumerate(calls)]

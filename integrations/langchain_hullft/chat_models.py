@@ -474,7 +474,7 @@ class ChatHullFT(BaseChatModel):
         return ChatGenerationChunk(
             message=AIMessageChunk(
                 content="",
-                tool_call_chunks=tool_call_chunks(outcome.tool_calls, outcome.invalid_tool_calls),
+                tool_call_chunks=tool_call_chunks(outcome.tool_calls),
                 chunk_position="last",
                 usage_metadata=outcome.usage(),
                 response_metadata=self._metadata(plan, outcome),
