@@ -4,6 +4,7 @@
   optional `TrajectoryMemory`.
 - `HullFTMiddleware`: `langchain.agents.create_agent` middleware that adapts the agent's ChatHullFT
   before each model call and logs model outputs, tool calls and tool results to memory.
+- `LanceDBStore`: a LangGraph long-term store on LanceDB whose items the adapter can learn from.
 """
 
 from hullft_agent.errors import ContextOverflowError, UnsupportedMessageError
@@ -20,6 +21,8 @@ __all__ = [
     "ChoiceResult",
     "ContextOverflowError",
     "HullFTMiddleware",
+    "LanceDBStore",
+    "StoreCandidates",
     "UnsupportedMessageError",
     "get_adaptation_report",
     "match_answer",
@@ -37,4 +40,10 @@ def __getattr__(name: str):
                 'pip install "hullft-agent[langchain]"'
             ) from exc
         return getattr(middleware, name)
+    if name in ("LanceDBStore", "StoreCandidates", "STORE_KIND"):
+        try:  # the store needs `langgraph` (the `langgraph` extra)
+            from langchain_hullft import store
+        except ImportError as exc:
+            raise ImportError(f'{name} needs the `langgraph` package: pip install "hullft-agent[langgraph]"') from exc
+        return getattr(store, name)
     raise AttributeError(f"module 'langchain_hullft' has no attribute {name!r}")
