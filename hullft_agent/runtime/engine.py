@@ -155,13 +155,15 @@ def skipped_report(reason: str, *, method: str = "none", mode: str = "per_query"
     return AdaptationReport(method=method, mode=mode, task=task, n=n, k=k, skipped=True, skip_reason=reason)
 
 
-def conversation_steps(messages: Sequence[dict[str, str]], kinds: Mapping[str, str]) -> list[dict[str, Any]]:
-    """Memory steps for plain conversation messages (roles without a kind and empty texts left out)."""
+def conversation_steps(messages: Sequence[dict[str, Any]], kinds: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Memory steps for plain conversation messages (roles without a kind and empty texts left out); a
+    tool result keeps its `tool_call_id` and `name`."""
     steps = []
     for message in messages:
         kind = kinds.get(message["role"])
         if kind is not None and message["content"].strip():
-            steps.append({"kind": kind, "text": message["content"], "metadata": {"role": message["role"]}})
+            metadata = {"role": message["role"], **{k: message[k] for k in ("tool_call_id", "name") if k in message}}
+            steps.append({"kind": kind, "text": message["content"], "metadata": metadata})
     return steps
 
 

@@ -333,3 +333,8 @@ def test_tool_calls_are_logged_to_memory(runtime_and_model, tmp_path):
     assert rows[1]["text"] == f"get_weather({args})"
     assert {k: rows[1]["metadata"][k] for k in ("role", "tool_call_id", "name", "run")} == {
         "role": "assistant", "tool_call_id": tool_call.id, "name": "get_weather", "run": 1}
+    history = [USER, {"role": "assistant", "content": "", "tool_calls": [tool_call.to_message()]},
+               {"role": "tool", "content": "sunny", "tool_call_id": tool_call.id, "name": "get_weather"}]
+    answer = rt.generate(call(conversation=history, tools=TOOLS, episode_id="ep-1"))
+    result_row = memory.get(answer.logged_ids)[0]
+    assert result_row["kind"] == "result" and result_row["metadata"]["tool_call_id"] == tool_call.id
