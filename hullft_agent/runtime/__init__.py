@@ -11,6 +11,13 @@ from hullft_agent.runtime.engine import (
 )
 from hullft_agent.runtime.generation import GenerationStats, SamplingParams
 from hullft_agent.runtime.locks import lock_for
+from hullft_agent.runtime.tools import (
+    InvalidToolCall,
+    ToolCall,
+    check_tool_choice,
+    check_tools,
+    parse_tool_calls,
+)
 
 __all__ = [
     "DEFAULT_MEMORY_KINDS",
@@ -19,12 +26,17 @@ __all__ = [
     "CallResult",
     "ChoiceResult",
     "GenerationStats",
+    "InvalidToolCall",
     "NamespacedSource",
     "Runtime",
     "SamplingParams",
     "Scoring",
     "Strategy",
+    "ToolCall",
+    "check_tool_choice",
+    "check_tools",
     "lock_for",
     "match_answer",
+    "parse_tool_calls",
     "skipped_report",
 ]
