@@ -206,6 +206,24 @@ class TestTimeAdapter:
         self._ledgers.clear()
         self.session.reset()
 
+    def release_task(self, task: str | None, *, namespace: str | None = None, save: bool = True) -> bool:
+        """Drop one per_task adapter from memory, so its next activation reads `adapter_dir` afresh.
+
+        For a server that hands a session to another process: `save=True` writes it to `adapter_dir`
+        first (when set); `save=False` discards a copy that may be older than the file another process
+        wrote. Returns whether this adapter held the task in memory.
+        """
+        key = _task_key(task, namespace)
+        held = key == self._active_task or key in self._task_states
+        if key == self._active_task:  # a stashed task was written to adapter_dir when it was swapped out
+            if save:
+                self._save_task(key)
+            self._active_task = None
+            self.session.reset()
+        self._task_states.pop(key, None)
+        self._ledgers.pop(key, None)
+        return held
+
     def _stash_active_task(self) -> None:
         if self._active_task is not None:
             self._task_states[self._active_task] = self.session.state_dict()
