@@ -225,10 +225,11 @@ class ForcedDecoder:
         if budgeted and self.sampled >= self.params.max_new_tokens:
             self.stats.finish_reason = "length"
             raise _Stop
-        logits = self.logits
-        if len(self.processors):
-            logits = self.processors(torch.tensor([self.ids], device=self.device), logits)
-        scores = logits.masked_fill(~allowed.to(logits.device).unsqueeze(0), -math.inf)
+        if not bool(allowed.any()):  # a dead end of the grammar: the value ends here
+            raise _Stop
+        scores = self.logits.masked_fill(~allowed.to(self.logits.device).unsqueeze(0), -math.inf)
+        if len(self.processors):  # after the mask, so top_p keeps allowed tokens
+            scores = self.processors(torch.tensor([self.ids], device=self.device), scores)
         if self.params.temperature > 0:
             token = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=self.generator)
         else:
@@ -397,6 +398,8 @@ def forced_tool_call(model: Any, tokenizer: Any, prompt_ids: list[int], tools: S
     text = f'{TOOL_CALL_OPEN}\n{{"name": '
     stats.finish_reason = "stop"
     decoder = None
+    was_training = bool(getattr(model, "training", False))
+    model.eval()
     try:
         decoder = ForcedDecoder(model, tokenizer, prompt_ids, params, max_total=max_total, stats=stats,
                                 should_stop=should_stop)
@@ -435,6 +438,8 @@ def forced_tool_call(model: Any, tokenizer: Any, prompt_ids: list[int], tools: S
     except _Stop:
         pass
     finally:
+        if was_training:
+            model.train()
         if decoder is not None:
             stats.output_tokens = len(decoder.ids) - decoder.prompt_len
             stats.token_ids = decoder.ids[decoder.prompt_len:]
