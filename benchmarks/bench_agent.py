@@ -4,6 +4,9 @@ latency split into adapt / act, and BPB of the commands.
     python benchmarks/bench_agent.py                      # 10 held-out games x 4 modes (~45 min on a 2-core CPU)
     python benchmarks/bench_agent.py --test-games 3 --modes none per_task   # the demo's size
     python benchmarks/bench_agent.py --threads 1          # on a machine where another job holds a core
+    python benchmarks/bench_agent.py --modes none bc decisions decisions_knn --test-games 20 --study-games 0 \
+        --name 20                                         # 20 games, offline BC against decision adaptation
+    python benchmarks/bench_agent.py --harder             # recipe 2, take 2, 6 rooms (bench_episodes' games)
 
 Two parts, both on SmolLM2-135M-Instruct (packaged) and all-MiniLM-L6-v2:
 
@@ -13,14 +16,20 @@ Two parts, both on SmolLM2-135M-Instruct (packaged) and all-MiniLM-L6-v2:
    probability the rule's softmax gives it (what the sampling agent draws with). This decides
    `hullft_agent.runtime.DEFAULT_SCORING`.
 2. The agent (`hullft_agent.agents.compare.run_comparison`) plays `--test-games` test-split
-   games once per mode: none, per_query HullFT, per_task HullFT (incremental ledger), kNN per_query,
-   all at the same N, on the same games with the same per-step seeds, each mode from its own copy of
-   the training memory (expert + exploring episodes) plus its own episodes as it plays.
+   games once per mode (`--modes`, any of `hullft_agent.agents.MODES`): none, per_query HullFT,
+   per_task HullFT (incremental ledger), kNN per_query, the decision modes, and `bc` (one LoRA
+   trained once on the training memory's decision rows, then fixed), all at the same N, on the same
+   games with the same per-step seeds, each mode from its own copy of the training memory (expert +
+   exploring episodes, and the walkthrough decisions for decision modes and bc) plus its own
+   episodes as it plays. The continual table follows each mode along the stream of games (second
+   half minus first half, against none's on the same games).
 
-Writes benchmarks/results/bench_agent.json (config, machine, scoring study, per-mode totals, paired
-score differences, per-game results), bench_agent.md (the report) and bench_agent_scores.png /
-bench_agent_latency.png; the memories and the running results.json stay in --work-dir
-(default ~/.cache/hullft-agent/bench_agent). Timings are wall clock on a shared machine.
+Writes benchmarks/results/bench_agent[_harder][_NAME].json (config, machine, scoring study, per-mode
+totals, one-off setup such as bc's training, paired score differences, the continual summary,
+per-game results), the same name .md (the report) and _scores.png / _latency.png / _continual.png;
+the memories and the running results.json (rewritten after every game, so a stopped run keeps its
+games) stay in --work-dir (default ~/.cache/hullft-agent/bench_agent/<the same suffix>). Timings are
+wall clock on a shared machine.
 """
 
 from __future__ import annotations
@@ -85,9 +94,11 @@ def scoring_study(agent: Any, games: list[Path]) -> dict[str, Any]:
     return out
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modes", nargs="+", default=["none", "per_query", "per_task", "knn"])
+    parser.add_argument("--harder", action="store_true", help="recipe 2, take 2, 6 rooms (bench_episodes' games)")
+    parser.add_argument("--name", default="", help="suffix of the result files and the work dir")
     parser.add_argument("--train-games", type=int, default=8)
     parser.add_argument("--test-games", type=int, default=10)
     parser.add_argument("--study-games", type=int, default=5, help="games of the scoring-rule study (0: skip it)")
@@ -98,24 +109,43 @@ def main() -> int:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--work-dir", default=str(WORK), help="memories, running results and the report")
-    parser.add_argument("--json", default=str(RESULTS / "bench_agent.json"))
-    args = parser.parse_args()
+    parser.add_argument("--work-dir", default=None,
+                        help=f"memories, running results and the report (default {WORK}/<suffix or 'default'>)")
+    parser.add_argument("--json", default=None, help="result file (default benchmarks/results/bench_agent[_harder][_NAME].json)")
+    args = parser.parse_args(argv)
+    suffix = "".join(f"_{part}" for part in ("harder" if args.harder else "", args.name) if part)
+    if args.json is None:
+        args.json = str(RESULTS / f"bench_agent{suffix}.json")
+    if args.work_dir is None:
+        args.work_dir = str(WORK / (suffix.lstrip("_") or "default"))
+    return args
+
+
+def make_config(args: argparse.Namespace) -> Any:
+    """The comparison's settings from the flags (`--harder`: recipe 2, take 2, 6 rooms)."""
+    from hullft_agent.agents import CompareConfig
+
+    harder = {"recipe": 2, "take": 2, "rooms": 6} if args.harder else {}
+    return CompareConfig(modes=args.modes, train_games=args.train_games, test_games=args.test_games, n=args.n,
+                         k=args.k, lr=args.lr, max_steps=args.max_steps, temperature=args.temperature,
+                         seed=args.seed, **harder)
+
+
+def main() -> int:
+    args = parse_args()
+    config = make_config(args)  # bad flags fail here, before the models load
 
     import torch
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    from hullft_agent.agents import CompareConfig, TextWorldAgent, run_comparison, summary_text, write_report
+    from hullft_agent.agents import TextWorldAgent, run_comparison, summary_text, write_report
     from hullft_agent.embedding import Embedder
     from hullft_agent.envs.textworld import generate_games
     from hullft_agent.models import load_model
     from hullft_agent.runtime import Runtime
 
     start = time.perf_counter()
-    config = CompareConfig(modes=args.modes, train_games=args.train_games, test_games=args.test_games, n=args.n,
-                           k=args.k, lr=args.lr, max_steps=args.max_steps, temperature=args.temperature,
-                           seed=args.seed)
     embedder = Embedder()
     model = load_model()
     study = None
@@ -154,7 +184,7 @@ def main() -> int:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(payload, indent=1, default=str) + "\n")
     report = (result.out_dir / "report.md").read_text(encoding="utf-8")
-    for plot in ("scores.png", "latency.png"):
+    for plot in ("scores.png", "latency.png", "continual.png"):
         if (result.out_dir / plot).exists():
             shutil.copyfile(result.out_dir / plot, target.with_name(f"{target.stem}_{plot}"))
             report = report.replace(f"({plot})", f"({target.stem}_{plot})")

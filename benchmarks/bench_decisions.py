@@ -11,8 +11,9 @@ is scored against each admissible command (`Runtime.choose`, sum of log-probabil
 - `base`: no adaptation;
 - `transcripts`: today's adaptation (HullFT on 4-step window rows of expert and exploring episodes,
   loss on every token);
-- `bc`: offline behaviour cloning, one LoRA trained once on every decision row of the training
-  memory (answer loss, `--bc-epochs` epochs), no test-time adaptation;
+- `bc`: offline behaviour cloning (`hullft_agent.finetune.behaviour_cloning`, as the agent comparison's
+  `bc` mode), one LoRA trained once on every decision row of the training memory (answer loss,
+  `--bc-epochs` epochs), no test-time adaptation;
 - `knn`, `sift`, `hullft`: decision-aware test-time adaptation, per state, on the N decision rows
   (prompt -> expert command, loss on the command) each method selects for the state.
 
@@ -170,7 +171,6 @@ def report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]], t
 
 def main() -> int:
     args = parse_args()
-    import numpy as np
     import torch
 
     if args.threads:
@@ -180,10 +180,9 @@ def main() -> int:
     from hullft_agent.agents.walkthroughs import expert_decision, walkthrough_states
     from hullft_agent.candidates import InMemoryCandidates
     from hullft_agent.config import AdapterConfig, AdaptOverrides, DecisionFormat, FinetuneConfig, LearnFrom
-    from hullft_agent.decisions import decision_instance
     from hullft_agent.embedding import Embedder
     from hullft_agent.envs.textworld import build_textworld_memory_with_summary, generate_games
-    from hullft_agent.finetune import create_session, train_multiset
+    from hullft_agent.finetune import behaviour_cloning
     from hullft_agent.models import load_model
     from hullft_agent.runtime import Runtime
 
@@ -221,15 +220,11 @@ def main() -> int:
         report(args, results, timings, train_games, test_games, len(train_states), test_states, started)
     if "bc" in args.conditions:
         t0 = time.perf_counter()
-        copy = load_model()
-        session = create_session(copy.model, copy.tokenizer, finetune)
+        copy = load_model()  # BC trains its own copy: the adapter's model stays the base
         fmt = DecisionFormat(system=FORMATS[args.formats[0]][0], history=FORMATS[args.formats[0]][1])
-        instances = [decision_instance(m, copy.tokenizer, fmt) for m in pool.rows]
-        order = np.random.default_rng(0).permutation(len(instances) * args.bc_epochs) % len(instances)
-        train_multiset(session, [instances[i] for i in order], [1] * len(order),
-                       finetune.model_copy(update={"refresh_interval": 1}))
+        bc = behaviour_cloning(copy.model, copy.tokenizer, pool.rows, finetune, fmt=fmt, epochs=args.bc_epochs, seed=0)
         timings["bc_train_s"] = time.perf_counter() - t0
-        results["bc"] = score_states(Runtime(session.model, copy.tokenizer), prompts, test_states, None, False, "bc")
+        results["bc"] = score_states(Runtime(bc.model, copy.tokenizer), prompts, test_states, None, False, "bc")
         report(args, results, timings, train_games, test_games, len(train_states), test_states, started)
     for method in (m for m in DECISION_METHODS if m in args.conditions):
         for name in args.formats:

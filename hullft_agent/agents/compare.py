@@ -8,12 +8,19 @@ expert and exploring episodes of the training games, and lets a `TextWorldAgent`
 - `per_query`: HullFT selection and a fresh LoRA adaptation before every command;
 - `per_task`: HullFT, one adapter per game kept across its commands, trained incrementally (each
   command trains only the selected rows the game's adapter has not been trained on yet);
-- `knn`: nearest-neighbour selection, per_query.
+- `knn`: nearest-neighbour selection, per_query;
+- `decisions`, `decisions_query`, `decisions_knn`: the same on decision rows of won episodes;
+- `bc`: offline behaviour cloning, one LoRA trained once before the games on every decision row of
+  the training memory (`hullft_agent.finetune.behaviour_cloning`), then fixed: no test-time
+  selection, so the report shows what selecting per step adds over training once.
 
 Every mode starts from its own copy of the training memory and logs its own episodes into it, so
 later games can learn from earlier ones (continual learning) without one mode seeing another's
 episodes. Results are written as they come (`results.json`), then `report.md` with the per-game,
-total, BPB and latency tables and PNG plots (matplotlib, the `bench` extra).
+total, BPB, latency and continual tables and PNG plots (matplotlib, the `bench` extra). The
+continual table follows each mode along the stream of games: the second half's mean score minus
+the first half's, against the same difference under `none` (games differ in difficulty, so the same
+games played without adaptation are the control).
 """
 
 from __future__ import annotations
@@ -63,7 +70,11 @@ MODES: dict[str, dict[str, Any]] = {
                         "decision_format": DECISION_FORMAT},
     "decisions_knn": {"method": "knn", "mode": "per_query", "learn_from": LEARN_FROM_WINS,
                       "decision_format": DECISION_FORMAT},
+    # the agent plays unadapted, on a model trained once before the games (see run_comparison)
+    "bc": {"adapt": False},
 }
+#: Modes whose memory needs the training games' walkthrough decisions (decision rows, actor expert, won).
+DECISION_MODES = ("decisions", "decisions_query", "decisions_knn", "bc")
 MEMORY_NAMESPACE = "textworld"
 _BOOTSTRAP = 2000
 
@@ -89,8 +100,9 @@ class CompareConfig(StrictConfig):
     lr: float = Field(1e-3, gt=0)
     max_length: int = Field(128, ge=8, description="training sequences are cut to this many tokens")
     decision_max_length: int = Field(
-        384, ge=8, description="decision modes: training prompts are cut (oldest tokens first) to this many tokens"
+        384, ge=8, description="decision modes and bc: training prompts are cut (oldest tokens first) to this many tokens"
     )
+    bc_epochs: int = Field(2, ge=1, description="bc: passes over the training memory's decision rows")
     max_steps: int = Field(30, ge=1)
     step_factor: float | None = Field(2.0, gt=0)
     history: int = Field(3, ge=0)
@@ -140,6 +152,8 @@ class Comparison:
     seconds: float = 0.0
     interrupted: bool = False
     notes: list[str] = field(default_factory=list)
+    #: Work a mode did once before its games (bc: its training), with its seconds: mode -> numbers.
+    mode_setup: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -149,8 +163,10 @@ class Comparison:
             "seconds": self.seconds,
             "interrupted": self.interrupted,
             "notes": self.notes,
+            "mode_setup": self.mode_setup,
             "totals": {mode: mode_totals(eps) for mode, eps in self.episodes.items()},
             "differences": self.differences(),
+            "continual": continual_summary(self),
             "episodes": {mode: [e.to_dict() for e in eps] for mode, eps in self.episodes.items()},
         }
 
@@ -173,7 +189,7 @@ def load_comparison(out_dir: str | Path) -> Comparison:
     data = json.loads((out / "results.json").read_text(encoding="utf-8"))
     result = Comparison(config=CompareConfig(**data["config"]), out_dir=out, memory_rows=data["memory_rows"],
                         setup_s=data["setup_s"], seconds=data["seconds"], interrupted=data["interrupted"],
-                        notes=list(data["notes"]))
+                        notes=list(data["notes"]), mode_setup=dict(data.get("mode_setup", {})))
     for mode, episodes in data["episodes"].items():
         result.episodes[mode] = [
             EpisodeResult(**{**e, "steps": [StepRecord(**s) for s in e["steps"]]}) for e in episodes
@@ -192,6 +208,50 @@ def paired_summary(diffs: Sequence[float], *, seed: int = 0) -> dict[str, Any]:
         "better": int((values > 0).sum()),
         "worse": int((values < 0).sum()),
     }
+
+
+def continual_summary(result: Comparison) -> dict[str, Any]:
+    """Each mode along the stream of games it played, in play order: does it get better as it goes?
+
+    Per mode: the games and their scores in stream order, the cumulative mean, the mean score of the
+    first and of the second half (the first ⌊n/2⌋ and the last ⌊n/2⌋ played games; the middle one is
+    left out when n is odd; games that could not start are left out) and `change` = second − first.
+    Later games may simply be easier or harder, so `none` on the same games is the control:
+    `vs_none` = change − none's change on the same two halves (the mean per-game difference to none
+    over the second half minus over the first), with a seeded 95% bootstrap interval (each half
+    resampled). It is None for `none` itself, and when `none` did not play every game of the halves.
+    """
+    base = {e.game: e.score for e in result.episodes.get("none", []) if e.outcome != "error"}
+    rng = np.random.default_rng(result.config.seed)
+    out: dict[str, Any] = {}
+    for mode, episodes in result.episodes.items():
+        played = [e for e in episodes if e.outcome != "error"]
+        scores = [e.score for e in played]
+        half = len(played) // 2
+        first, second = played[:half], played[len(played) - half:]
+        entry: dict[str, Any] = {
+            "games": [e.game for e in played], "scores": scores,
+            "cumulative_mean": [float(v) for v in np.cumsum(scores) / np.arange(1, len(scores) + 1)],
+            "half": half, "first_half": None, "second_half": None, "change": None,
+            "none_change": None, "vs_none": None, "vs_none_ci95": None,
+        }
+        if half:
+            entry["first_half"] = float(np.mean([e.score for e in first]))
+            entry["second_half"] = float(np.mean([e.score for e in second]))
+            entry["change"] = entry["second_half"] - entry["first_half"]
+            if all(e.game in base for e in first + second):
+                none_first = float(np.mean([base[e.game] for e in first]))
+                none_second = float(np.mean([base[e.game] for e in second]))
+                entry["none_change"] = none_second - none_first
+                if mode != "none":
+                    d1 = np.array([e.score - base[e.game] for e in first], dtype=float)
+                    d2 = np.array([e.score - base[e.game] for e in second], dtype=float)
+                    entry["vs_none"] = float(d2.mean() - d1.mean())
+                    draws = (rng.choice(d2, size=(_BOOTSTRAP, half)).mean(axis=1)
+                             - rng.choice(d1, size=(_BOOTSTRAP, half)).mean(axis=1))
+                    entry["vs_none_ci95"] = [float(v) for v in np.percentile(draws, [2.5, 97.5])]
+        out[mode] = entry
+    return out
 
 
 def mode_totals(episodes: Sequence[EpisodeResult]) -> dict[str, Any]:
@@ -286,10 +346,11 @@ def run_comparison(
         embedder=embedder, granularity="window", window=config.window, seed=config.seed,
         namespace=MEMORY_NAMESPACE, cache_dir=game_cache, progress=progress,
     )
-    if any(mode.startswith("decisions") for mode in config.modes):
+    if any(mode in DECISION_MODES for mode in config.modes):
         _add_expert_decisions(base, generate_games("train", config.train_games, settings, game_cache,
                                                    seed0=config.seed, progress=False), config)
     result.memory_rows = base.count()
+    bc_rows = _decision_rows(base) if "bc" in config.modes else []
     base.close()
     games = [*generate_games("test", config.test_games, settings, game_cache, seed0=config.seed, progress=progress),
              *(Path(g) for g in extra_games)]
@@ -307,16 +368,21 @@ def run_comparison(
     logger.info("memory of %d rows from %d training games (%d episodes) ready in %.1f s", result.memory_rows,
                 summary.games, summary.episodes, result.setup_s)
     results_file = out / "results.json"
+    bc_name = Runtime(model).name  # the base model's name, as the other modes log it
     try:
+        bc_model = _train_bc(model, bc_rows, config, result) if "bc" in config.modes else None
         for mode in config.modes:
             mode_dir = memories / mode
             _fork_memory(base_dir, mode_dir)
             memory = TrajectoryMemory.open(mode_dir, embedder=embedder, namespace=MEMORY_NAMESPACE)
-            if adapter is None:
-                adapter = TestTimeAdapter(model, embedder=embedder, source=memory, config=adapter_config)
-            adapter.forget_tasks()
             decisions = mode.startswith("decisions")
-            runtime = Runtime(adapter=adapter, memory=memory, source=memory, log_decisions=decisions)
+            if mode == "bc":  # the behaviour-cloned copy answers, unadapted; its steps are logged like the others'
+                runtime = Runtime(bc_model, model.tokenizer, memory=memory, name=f"{bc_name}+bc")
+            else:
+                if adapter is None:
+                    adapter = TestTimeAdapter(model, embedder=embedder, source=memory, config=adapter_config)
+                adapter.forget_tasks()
+                runtime = Runtime(adapter=adapter, memory=memory, source=memory, log_decisions=decisions)
             options = dict(MODES[mode])
             if decisions:
                 options["finetune"] = adapter_config.finetune.model_copy(update={"max_length": config.decision_max_length})
@@ -348,6 +414,36 @@ def run_comparison(
     _write_json(results_file, result.to_dict())
     write_report(result)
     return result
+
+
+def _decision_rows(memory: Any) -> list[dict[str, Any]]:
+    """Every decision row of won episodes in the memory (what the decision modes may select), in a fixed order."""
+    n = memory.count()
+    if not n:
+        return []
+    pool = memory.candidates(np.ones(memory.dim, dtype=np.float32), k=n, learn_from=LEARN_FROM_WINS,
+                             fields=["episode_id", "step"], exact=True)
+    return sorted(pool.metadata, key=lambda row: (row["episode_id"], row["step"]))
+
+
+def _train_bc(model: Any, rows: list[dict[str, Any]], config: CompareConfig, result: Comparison) -> Any:
+    """The `bc` mode's model: a copy of the base trained once on `rows` (the other modes keep the base weights)."""
+    import copy
+
+    from hullft_agent.config import FinetuneConfig
+    from hullft_agent.finetune import behaviour_cloning
+
+    if not rows:
+        raise InvalidArgumentError("mode bc needs decision rows of won episodes in the training memory; it has none")
+    started = time.perf_counter()
+    logger.info("bc: training one LoRA on %d decision rows, %d epochs", len(rows), config.bc_epochs)
+    finetune = FinetuneConfig(lr=config.lr, max_length=config.decision_max_length, seed=config.seed)
+    bc = behaviour_cloning(copy.deepcopy(model.model), model.tokenizer, rows, finetune, fmt=DECISION_FORMAT,
+                           epochs=config.bc_epochs, seed=config.seed)
+    result.mode_setup["bc"] = {**bc.to_dict(), "seconds": time.perf_counter() - started}
+    if not bc.train.ok:
+        result.notes.append(f"bc: training stopped ({bc.train.stopped_reason}); bc played with the base model")
+    return bc.model
 
 
 def _add_expert_decisions(memory: Any, games: Sequence[Path], config: CompareConfig) -> None:
@@ -415,18 +511,32 @@ def games_table(result: Comparison) -> list[list[str]]:
 
 
 def totals_table(result: Comparison) -> list[list[str]]:
-    """Per mode: total and mean score, wins, steps, mean per-step latency split into adapt / act."""
+    """Per mode: total and mean score, wins, steps, one-off setup (bc's training), per-step latency (adapt / act)."""
     rows = []
     for mode, eps in result.episodes.items():
         t = mode_totals(eps)
         rows.append([
             mode, str(t["games"]), f"{t['score']}/{t['max_score']}",
             f"{_fmt(t['mean_score'])} ± {_fmt(t['sd_score'])}", str(t["wins"]), str(t["steps"]),
-            _fmt(t["adapt_s"]), _fmt(t["act_s"]),
+            _fmt(result.mode_setup.get(mode, {}).get("seconds"), ".0f"), _fmt(t["adapt_s"]), _fmt(t["act_s"]),
             f"{_fmt(t['trained_per_step'], '.1f')}/{_fmt(t['selected_per_step'], '.1f')}",
         ])
-    return _table(["mode", "games", "score", "mean ± sd", "wins", "steps", "adapt s/step", "act s/step",
-                   "trained/selected per step"], rows)
+    return _table(["mode", "games", "score", "mean ± sd", "wins", "steps", "setup s (once)", "adapt s/step",
+                   "act s/step", "trained/selected per step"], rows)
+
+
+def continual_table(result: Comparison) -> list[list[str]]:
+    """Per mode: scores in stream order, half means, their change, and the change against none's on the same games."""
+    rows = []
+    for mode, c in continual_summary(result).items():
+        ci = c["vs_none_ci95"]
+        rows.append([
+            mode, " ".join(str(v) for v in c["scores"]) or "-", _fmt(c["first_half"]), _fmt(c["second_half"]),
+            _fmt(c["change"], "+.2f"), _fmt(c["none_change"], "+.2f"),
+            "-" if c["vs_none"] is None else f"{c['vs_none']:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]",
+        ])
+    return _table(["mode", "scores in stream order", "first half", "second half", "second − first",
+                   "none's second − first", "− none's [95% CI]"], rows)
 
 
 def bpb_table(result: Comparison) -> list[list[str]]:
@@ -455,7 +565,9 @@ def summary_text(result: Comparison) -> str:
     """The tables as the CLI prints them."""
     parts = ["per game (score/max in commands (outcome)):", render_text(games_table(result)), "",
              "totals (latency = mean seconds per command):", render_text(totals_table(result)), "",
-             "bits per byte of the commands under each mode's model (lower is better):", render_text(bpb_table(result))]
+             "bits per byte of the commands under each mode's model (lower is better):", render_text(bpb_table(result)),
+             "", "continual: mean score of the second half of the stream minus the first, against none's on the same "
+             "games:", render_text(continual_table(result))]
     diffs = differences_lines(result)
     if diffs:
         parts += ["", *diffs]
@@ -502,6 +614,20 @@ def _plots(result: Comparison) -> list[str]:
             ax.bar(np.arange(len(games)) + (m - (len(modes) - 1) / 2) * width, scores, width, label=mode)
         ax.set_xticks(np.arange(len(games)), [Path(g).stem.replace("game-", "") for g in games], rotation=30)
         files.append(_save_plot(plt, fig, ax, "score", "score per held-out game", result.out_dir / "scores.png"))
+    stream = continual_summary(result)
+    if any(c["scores"] for c in stream.values()):
+        longest = max(len(c["scores"]) for c in stream.values())
+        fig, ax = plt.subplots(figsize=(max(5.0, 0.35 * longest + 3), 3.6))
+        for mode, c in stream.items():
+            if not c["scores"]:
+                continue
+            x = np.arange(1, len(c["scores"]) + 1)
+            (line,) = ax.plot(x, c["cumulative_mean"], marker=".", label=mode)
+            ax.scatter(x, c["scores"], s=12, alpha=0.35, color=line.get_color())
+        ax.set_xlabel("game in the stream (play order)")
+        ax.set_xticks(np.arange(1, longest + 1))
+        files.append(_save_plot(plt, fig, ax, "score (line: cumulative mean; dots: each game)",
+                                "score along the stream of held-out games", result.out_dir / "continual.png"))
     totals = {mode: mode_totals(eps) for mode, eps in result.episodes.items()}
     shown = [m for m in modes if totals[m]["steps"]]
     if shown:
@@ -538,6 +664,12 @@ def write_report(result: Comparison) -> Path:
         f"(and {c.step_factor}× the walkthrough). Wall time {result.seconds:.0f} s (setup {result.setup_s:.0f} s).",
         "",
     ]
+    if "bc" in result.mode_setup:
+        bc = result.mode_setup["bc"]
+        lines += [f"`bc` is offline behaviour cloning: one LoRA trained once before the games on the {bc['rows']} "
+                  f"decision rows of won episodes in the training memory ({bc['epochs']} epochs, {bc['steps']} Adam "
+                  f"steps, loss on the command, training prompts ≤ {c.decision_max_length} tokens) in "
+                  f"{bc['seconds']:.0f} s, then fixed: no test-time selection.", ""]
     if result.interrupted:
         lines += ["**Interrupted**: the tables hold the games that finished (and the interrupted one).", ""]
     lines += ["## Per game", "", "score/max in commands (outcome)", "", render_markdown(games_table(result)), "",
@@ -548,6 +680,11 @@ def write_report(result: Comparison) -> Path:
     lines += ["## Bits per byte", "",
               "BPB of the commands the agent chose, and of the engine's next winning command at the same states, "
               "under each mode's (adapted) model.", "", render_markdown(bpb_table(result)), ""]
+    lines += ["## Continual: the score along the stream", "",
+              "Each mode plays the games in the same order and (except none and bc) can learn from its own earlier "
+              "games. Halves: the first and the last ⌊n/2⌋ games. Later games can be easier or harder, so the "
+              "change is compared with none's on the same games (95% bootstrap interval, each half resampled).", "",
+              render_markdown(continual_table(result)), ""]
     if plots:
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     if result.notes:

@@ -309,6 +309,42 @@ def test_decision_mode_learns_from_expert_decisions_and_logs_its_own(tmp_path, c
     assert prompt[0]["role"] == "system" and "Admissible commands" in prompt[-1]["content"]
 
 
+def test_bc_mode_trains_once_on_the_expert_decisions_then_plays_without_adapting(tmp_path, cache, monkeypatch):
+    import hullft_agent.finetune as finetune_module
+
+    real = finetune_module.behaviour_cloning
+    calls = []
+
+    def spy(model, tokenizer, rows, config, **kwargs):
+        calls.append((rows, config, kwargs))
+        return real(model, tokenizer, rows, config, **kwargs)
+
+    monkeypatch.setattr(finetune_module, "behaviour_cloning", spy)
+    config = CompareConfig(modes=["none", "bc"], train_games=1, test_games=2, explore_episodes=0, n=4, k=20,
+                           lr=0.05, max_length=32, decision_max_length=48, max_steps=2, history=1)
+    result = run_comparison(config, tmp_path / "out", model=tiny_loaded(), embedder=HashingEmbedder(DIM),
+                            game_cache=cache, progress=False)
+    assert len(calls) == 1, "one training for the whole stream of games"
+    rows, finetune, kwargs = calls[0]
+    assert rows and all(r["kind"] == "decision" and r["outcome"] == "won" and r["metadata"]["actor"] == "expert"
+                        for r in rows)
+    assert (finetune.lr, finetune.max_length, kwargs["epochs"]) == (0.05, 48, 2)
+    setup = result.mode_setup["bc"]
+    assert setup["rows"] == len(rows) and setup["steps"] == 2 * len(rows) and setup["seconds"] > 0
+    none, bc = result.episodes["none"], result.episodes["bc"]
+    assert len(bc) == 2 and all(s.act_s > 0 for e in bc for s in e.steps)
+    assert all(not s.adapted and s.adapt_s == 0 and s.trained == s.selected == 0 for e in bc for s in e.steps)
+    # the first state of a game is the same in every mode: the trained adapter scores the expert's command differently
+    assert bc[0].steps[0].expert_action == none[0].steps[0].expert_action is not None
+    assert bc[0].steps[0].expert_bpb != pytest.approx(none[0].steps[0].expert_bpb, rel=1e-6)
+    text = summary_text(result)
+    assert "setup s (once)" in text and "continual" in text and "bc - none:" in text
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["mode_setup"]["bc"]["steps"] == setup["steps"] and saved["continual"]["bc"]["scores"] == [
+        e.score for e in bc]
+    assert load_comparison(tmp_path / "out").mode_setup == result.mode_setup
+
+
 def test_an_interrupted_comparison_still_writes_its_report(tmp_path, cache):
     config = CompareConfig(modes=["none", "per_task"], train_games=1, test_games=1, explore_episodes=0,
                            max_length=32, max_steps=1, history=0)
@@ -352,6 +388,8 @@ def test_demo_flags_left_out_keep_the_comparisons_defaults(tmp_path, monkeypatch
     assert cli.main(["demo", "--out", str(tmp_path)]) == 130
     assert cli.main(["demo", "--out", str(tmp_path), "--seed", "4", "--modes", "none", "knn"]) == 130
     assert seen == [CompareConfig(), CompareConfig(seed=4, modes=["none", "knn"])]
+    assert cli.main(["demo", "--out", str(tmp_path), "--modes", "none", "bc"]) == 130
+    assert seen[-1] == CompareConfig(modes=["none", "bc"])
     assert cli.main(["demo", "--out", str(tmp_path), "--modes", "fast"]) == 2
     assert "unknown mode(s) ['fast']" in capsys.readouterr().err
 
