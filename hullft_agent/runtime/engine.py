@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import json
 import logging
 import math
 import queue
@@ -62,6 +61,7 @@ from hullft_agent.runtime.tools import (
     check_tools,
     forced_tool_name,
     parse_tool_calls,
+    tool_call_text,
 )
 
 logger = logging.getLogger(__name__)
@@ -186,8 +186,7 @@ def conversation_context(conversation: Conversation, last: int = 4) -> str:
     picked = [m for m in conversation if m["role"] != SYSTEM][-last:] if last > 0 else []
     parts = []
     for message in picked:
-        calls = [f"{c.get('name', '?')}({json.dumps(c.get('arguments', {}), sort_keys=True, default=str)})"
-                 for c in message.get("tool_calls") or ()]
+        calls = [tool_call_text(c.get("name", "?"), c.get("arguments") or {}) for c in message.get("tool_calls") or ()]
         text = "\n".join(t for t in (message["content"].strip(), *calls) if t)
         if text:
             parts.append(text)
@@ -560,8 +559,7 @@ class Runtime:
             steps.append({"kind": kind, "text": result.text, "metadata": metadata})
         call_kind = self.memory_kinds.get("tool_call")
         for tool_call in result.tool_calls if call_kind is not None else ():
-            args = json.dumps(tool_call.arguments, ensure_ascii=False, sort_keys=True, default=str)
-            steps.append({"kind": call_kind, "text": f"{tool_call.name}({args})",
+            steps.append({"kind": call_kind, "text": tool_call_text(tool_call.name, tool_call.arguments),
                           "metadata": {"role": ASSISTANT, "tool_call_id": tool_call.id, "name": tool_call.name,
                                        "source": self.log_source, **call.log_metadata}})
         if self.log_decisions and result.text.strip() and call.context.strip():

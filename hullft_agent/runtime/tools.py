@@ -157,6 +157,11 @@ class InvalidToolCall:
     error: str
 
 
+def tool_call_text(name: str, arguments: Mapping[str, Any]) -> str:
+    """A call as one line of plain text, `name({"arg": ...})`: how memory rows and adaptation contexts hold it."""
+    return f"{name}({json.dumps(dict(arguments), ensure_ascii=False, sort_keys=True, default=str)})"
+
+
 def render_tool_call(name: str, arguments: Mapping[str, Any]) -> str:
     """A call in the text form the model is asked to write: `<tool_call>\\n{json}\\n</tool_call>`."""
     body = json.dumps({"name": name, "arguments": dict(arguments)}, ensure_ascii=False)

@@ -5,7 +5,6 @@ Pure functions on message objects (no model, no torch), so they are easy to test
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,7 +20,7 @@ from langchain_core.messages import (
 
 from hullft_agent.errors import InvalidArgumentError, InvalidTypeError, UnsupportedMessageError
 from hullft_agent.runtime.prompt import ASSISTANT, SYSTEM, TOOL, USER
-from hullft_agent.runtime.tools import new_call_id
+from hullft_agent.runtime.tools import new_call_id, tool_call_text
 
 _CHAT_ROLES = {
     "system": SYSTEM,
@@ -67,12 +66,8 @@ def content_text(content: Any, *, where: str) -> str:
 
 
 def render_tool_calls(tool_calls: Sequence[dict[str, Any]]) -> str:
-    """Tool calls as text lines: `[tool call] name({"a": 1})`."""
-    lines = []
-    for call in tool_calls:
-        args = json.dumps(call.get("args", {}), ensure_ascii=False, sort_keys=True, default=str)
-        lines.append(f"[tool call] {call.get('name', '?')}({args})")
-    return "\n".join(lines)
+    """Tool calls as text lines, `name({"a": 1})`, the form the runtime logs and adapts on."""
+    return "\n".join(tool_call_text(call.get("name", "?"), call.get("args") or {}) for call in tool_calls)
 
 
 def to_conversation(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
@@ -134,7 +129,7 @@ def message_role(message: Any, *, where: str = "message") -> str:
 def adaptation_context(messages: Sequence[BaseMessage], last: int) -> str:
     """The text the adapter embeds and selects memory for: the last `last` non-system messages.
 
-    Contents (AI tool calls as `[tool call]` lines, tool results as their text) joined by newlines,
+    Contents (AI tool calls as `name({...})` lines, tool results as their text) joined by newlines,
     without role markers or template tokens, so it lives in the same space as the memory's step texts.
     """
     picked = [m for m in messages if not isinstance(m, SystemMessage) and message_role(m) != SYSTEM]

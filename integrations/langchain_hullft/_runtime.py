@@ -67,7 +67,7 @@ def memory_steps(
             steps.append({"kind": kind, "text": text, "metadata": metadata})
         call_kind = kinds.get("tool_call")
         for call in output.tool_calls if call_kind is not None else ():
-            metadata = {"role": ASSISTANT, "source": "langchain_hullft", "tool_name": call.get("name")}
+            metadata = {"role": ASSISTANT, "source": "langchain_hullft", "name": call.get("name")}
             if call.get("id"):
                 metadata["tool_call_id"] = call["id"]
             steps.append({"kind": call_kind, "text": render_tool_calls([call]), "metadata": metadata})

@@ -99,7 +99,7 @@ def test_tool_loop_adapts_once_per_model_call_and_logs_every_step(memory, monkey
     rows = rows_of(memory, next(iter(episodes)))
     assert [(r["kind"], r["text"]) for r in rows] == [
         ("observation", "where is the potato?"),
-        ("tool", '[tool call] lookup({"item": "potato"})'),
+        ("tool", 'lookup({"item": "potato"})'),
         ("result", "the potato is in the fridge"),
         ("action", ai_messages[-1].content),
     ]
