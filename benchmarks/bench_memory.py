@@ -3,6 +3,14 @@
     python benchmarks/bench_memory.py                 # full run: 10k and 100k rows (several minutes)
     python benchmarks/bench_memory.py --quick         # 2k and 10k rows, fewer queries (~1 minute)
     python benchmarks/bench_memory.py --sizes 10000,50000 --queries 100 --index-type IVF_HNSW_SQ
+    python benchmarks/bench_memory.py --store --store-sizes 10000,100000   # the LangGraph store rows
+
+`--store` measures `LanceDBStore` (langchain_hullft) against LangGraph's `InMemoryStore` on the same
+items instead: bulk load, single put and get, semantic / filtered / plain search and namespace listing
+latency, at each size of `--store-sizes`. Items are {"text", "tag", "score"} under 4 users' namespaces,
+searched within one user's (25 %); both stores embed through the same lookup of precomputed vectors from
+the cluster mixture (dim 384), so the figures are the stores' own cost, not an embedder's. Results go
+to benchmarks/results/bench_memory_store.json.
 
 Data: synthetic unit vectors of dimension 384 (the packaged embedder's) drawn from a mixture of
 200 Gaussian clusters (agent logs repeat themselves, so memory rows cluster), spread over 4
@@ -192,9 +200,15 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="sizes 2000,10000, 30 queries, 256 embedded rows"
     )
     parser.add_argument("--workdir", default=None, help="where the tables are written (default: a temp dir)")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_memory.json"))
+    parser.add_argument("--store", action="store_true", help="benchmark the LangGraph store against InMemoryStore")
+    parser.add_argument("--store-sizes", default="10000,100000", help="store items per run (comma separated)")
+    parser.add_argument("--out", default=None, help="default: results/bench_memory.json (--store: bench_memory_store.json)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    results = Path(__file__).parent / "results"
+    if args.store:
+        return store_main(args, Path(args.out or results / "bench_memory_store.json"))
+    args.out = args.out or str(results / "bench_memory.json")
     if args.quick:
         args.sizes, args.queries, args.embed_rows = "2000,10000", 30, 256
     sizes = sorted(int(s) for s in args.sizes.split(","))
@@ -304,29 +318,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.workdir is None:
             shutil.rmtree(root, ignore_errors=True)
 
-    import lancedb
-    import pyarrow
-
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     result = {
         "benchmark": "bench_memory",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "cpu": cpu,
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-            "lancedb": lancedb.__version__,
-            "pyarrow": pyarrow.__version__,
-            "numpy": np.__version__,
-        },
+        "machine": machine_info(),
         "settings": {
             "sizes": sizes,
             "dim": args.dim,
@@ -343,10 +338,37 @@ def main(argv: list[str] | None = None) -> int:
         "all_targets_pass": all(f["pass"] for f in figures.values() if f["pass"] is not None)
         and all(name in figures for name in TARGETS),
     }
-    out = Path(args.out)
+    write_and_print(result, Path(args.out))
+    return 0
+
+
+def machine_info() -> dict[str, object]:
+    import lancedb
+    import pyarrow
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "lancedb": lancedb.__version__,
+        "pyarrow": pyarrow.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def write_and_print(result: dict, out: Path) -> None:
+    figures = result["figures"]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-
     width = max(len(k) for k in figures)
     lines = [f"{'figure':<{width}}  {'value':>12}  {'unit':<8}  {'target':<10}  pass"]
     for key, fig in figures.items():
@@ -355,6 +377,129 @@ def main(argv: list[str] | None = None) -> int:
             f"{key:<{width}}  {fig['value']:>12.4g}  {fig['unit']:<8}  {fig['target'] or '':<10}  {status}"
         )
     sys.stdout.write("\n".join(lines) + f"\n\nwrote {out}\n")
+
+
+# ------------------------------------------------------------------------------ the LangGraph store
+
+STORE_USERS = 4
+STORE_TAGS = 8
+STORE_QUERIES = 30
+
+
+class LookupEmbeddings:
+    """Texts -> precomputed vectors (the same function for both stores: no embedder in the figures)."""
+
+    def __init__(self) -> None:
+        self.vectors: dict[str, list[float]] = {}
+
+    def add(self, texts: list[str], vectors: np.ndarray) -> None:
+        self.vectors.update(zip(texts, vectors.tolist(), strict=True))
+
+    def __call__(self, texts) -> list[list[float]]:
+        return [self.vectors[t] for t in texts]
+
+
+def store_items(n: int, rng: np.random.Generator, start: int = 0) -> list[tuple[tuple[str, ...], str, dict]]:
+    words = np.array(WORDS)
+    picks = rng.integers(0, len(words), (n, 12))
+    return [
+        (("memories", f"user-{j % STORE_USERS}"), f"item-{j}",
+         {"text": f"memory {j}: " + " ".join(words[picks[i]]), "tag": f"t{j % STORE_TAGS}", "score": j % 100})
+        for i, j in enumerate(range(start, start + n))
+    ]
+
+
+def timed(fn, repeats: int) -> list[float]:
+    out = []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        fn(i)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def bench_one_store(name: str, store, items, lookup: LookupEmbeddings, vectors: Vectors, n: int,
+                    batch: int, record) -> list[list[tuple]]:
+    """Load `items`, then time puts, gets, searches and listings; return the semantic queries' top-10s."""
+    from langgraph.store.base import PutOp
+
+    t0 = time.perf_counter()
+    for start in range(0, n, batch):
+        store.batch([PutOp(ns, key, value) for ns, key, value in items[start : start + batch]])
+    if hasattr(store, "optimize"):
+        store.optimize()  # compaction and the id/namespace indexes (also automatic every 200 writes)
+    record(f"{name}_load_items_per_s@{n}", n / (time.perf_counter() - t0), "items/s",
+           f"batch() of {batch} puts each" + (", then optimize()" if hasattr(store, "optimize") else ""))
+    rng = np.random.default_rng(n + 1)
+    fresh = store_items(50, rng, start=n)
+    lookup.add([v["text"] for _, _, v in fresh], vectors.draw(50, rng))
+    lat = timed(lambda i: store.put(*fresh[i]), 50)
+    record(f"{name}_put_new_p50_ms@{n}", percentiles(lat)[0], "ms", "one put of a new key")
+    overwrite = [items[int(j)] for j in rng.integers(0, n, 50)]
+    lat = timed(lambda i: store.put(overwrite[i][0], overwrite[i][1], {**overwrite[i][2], "score": -1}), 50)
+    p50, p95 = percentiles(lat)
+    record(f"{name}_put_overwrite_p50_ms@{n}", p50, "ms", "one put over an existing key")
+    record(f"{name}_put_overwrite_p95_ms@{n}", p95, "ms")
+    lat = timed(lambda i: store.get(overwrite[i][0], overwrite[i][1]), 50)
+    record(f"{name}_get_p50_ms@{n}", percentiles(lat)[0], "ms")
+    prefix = ("memories", "user-1")
+    queries = [f"query {i}" for i in range(STORE_QUERIES)]
+    lookup.add(queries, vectors.draw(STORE_QUERIES, np.random.default_rng(99)))
+    results = []
+    lat = timed(lambda i: results.append(store.search(prefix, query=queries[i], limit=10)), STORE_QUERIES)
+    p50, p95 = percentiles(lat)
+    record(f"{name}_search_query_p50_ms@{n}", p50, "ms", "semantic top-10 within one user's 25% of items")
+    record(f"{name}_search_query_p95_ms@{n}", p95, "ms")
+    lat = timed(lambda i: store.search(prefix, query=queries[i], filter={"tag": "t1", "score": {"$gte": 50}},
+                                       limit=10), STORE_QUERIES)
+    record(f"{name}_search_query_filter_p50_ms@{n}", percentiles(lat)[0], "ms", "semantic top-10 + value filter")
+    lat = timed(lambda i: store.search(prefix, filter={"tag": f"t{i % STORE_TAGS}"}, limit=10), STORE_QUERIES)
+    record(f"{name}_search_filter_p50_ms@{n}", percentiles(lat)[0], "ms", "filter only, newest first")
+    lat = timed(lambda i: store.search(prefix, limit=10, offset=10 * (i % 5)), STORE_QUERIES)
+    record(f"{name}_search_plain_p50_ms@{n}", percentiles(lat)[0], "ms", "no query, no filter, paged")
+    lat = timed(lambda i: store.list_namespaces(prefix=("memories",)), 10)
+    record(f"{name}_list_namespaces_p50_ms@{n}", percentiles(lat)[0], "ms")
+    return [[(r.namespace, r.key) for r in page] for page in results]
+
+
+def store_main(args: argparse.Namespace, out: Path) -> int:
+    from langchain_hullft import LanceDBStore
+    from langgraph.store.memory import InMemoryStore
+
+    sizes = sorted(int(s) for s in args.store_sizes.split(","))
+    figures: dict[str, dict] = {}
+
+    def record(name: str, value: float, unit: str, note: str = "") -> None:
+        figures[name] = {"value": round(float(value), 4), "unit": unit, "target": None, "pass": None, "note": note}
+
+    root = Path(args.workdir or tempfile.mkdtemp(prefix="bench_store_"))
+    vectors = Vectors(args.dim)
+    try:
+        for n in sizes:
+            rng = np.random.default_rng(n)
+            items = store_items(n, rng)
+            lookup = LookupEmbeddings()
+            lookup.add([v["text"] for _, _, v in items], vectors.draw(n, rng))
+            index = {"dims": args.dim, "embed": lookup, "fields": ["text"]}
+            ours = LanceDBStore(root / f"store_{n}", namespace="bench", index=index)
+            ranked_ours = bench_one_store("lancedb", ours, items, lookup, vectors, n, args.batch, record)
+            ranked_ref = bench_one_store("inmemory", InMemoryStore(index=index), items, lookup, vectors, n,
+                                         args.batch, record)
+            same = np.mean([a == b for a, b in zip(ranked_ours, ranked_ref, strict=True)])
+            record(f"same_top10_as_inmemory@{n}", same, "fraction", "semantic queries with identical top-10 lists")
+            shutil.rmtree(root / f"store_{n}", ignore_errors=True)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(root, ignore_errors=True)
+    result = {
+        "benchmark": "bench_memory --store",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "settings": {"sizes": sizes, "dim": args.dim, "batch": args.batch, "users": STORE_USERS,
+                     "queries": STORE_QUERIES},
+        "figures": figures,
+    }
+    write_and_print(result, out)
     return 0
 
 

@@ -63,8 +63,8 @@ def _name_of(embed: Any) -> str:
     model = getattr(embed, "model", None) or getattr(embed, "model_name", None)
     if isinstance(model, str) and model:
         return model
-    kind = embed if callable(embed) and not isinstance(embed, Embeddings) else type(embed)
-    return f"{getattr(kind, '__module__', '?')}.{getattr(kind, '__qualname__', repr(kind))}"
+    kind = embed if hasattr(embed, "__qualname__") else type(embed)  # a function, else the object's class
+    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 def resolve_index(index: Any) -> StoreIndex | None:
