@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from langchain_hullft import LanceDBStore
+from langgraph.store.base import PutOp
 
 from hullft_agent.memory.testing import HashingEmbedder
 
@@ -22,28 +23,34 @@ DIM = 16
 KEYS = 5
 ROUNDS = 2
 
-# A writer: opens the store, waits for the start file, then writes every key ROUNDS times, one put at
-# a time and as one batch, recording nothing but its exit status.
+# The child writer: opens the store, waits for the start file, then runs `write` (below), as the test
+# process does at the same time.
 WRITER = textwrap.dedent(
     """
     import json, os, sys, time
-    from langgraph.store.base import PutOp
     from langchain_hullft import LanceDBStore
     from hullft_agent.memory.testing import HashingEmbedder
 
     cfg = json.loads(sys.argv[1])
+    sys.path.insert(0, cfg["tests"])
+    from test_store_processes import write
+
     store = LanceDBStore(cfg["uri"], namespace="shared", index={"embed": HashingEmbedder(cfg["dim"])},
                          storage_options=cfg["storage_options"])
     open(cfg["ready"], "w").close()
     while not os.path.exists(cfg["start"]):
         time.sleep(0.005)
-    for r in range(cfg["rounds"]):
-        for k in range(cfg["keys"]):
-            store.put(("items",), f"k{k}", {"text": f"{cfg['name']} round {r} key {k}", "round": r})
-        store.batch([PutOp(("batch",), f"k{k}", {"text": f"{cfg['name']} round {r}", "round": r})
-                     for k in range(cfg["keys"])])
+    write(store, cfg["name"])
     """
 )
+
+
+def write(store: LanceDBStore, name: str) -> None:
+    """Every key ROUNDS times: one put at a time, and as one batch."""
+    for r in range(ROUNDS):
+        for k in range(KEYS):
+            store.put(("items",), f"k{k}", {"text": f"{name} round {r} key {k}", "round": r})
+        store.batch([PutOp(("batch",), f"k{k}", {"text": f"{name} round {r}", "round": r}) for k in range(KEYS)])
 
 
 def _env() -> dict[str, str]:
@@ -65,22 +72,19 @@ def _wait(paths: list[Path], procs: list[subprocess.Popen], timeout: float = 60)
 
 
 def hammer(uri: str, tmp_path: Path, storage_options: dict[str, str]) -> LanceDBStore:
-    """Two processes write the same keys at the same time; return a store over what they left."""
-    start = tmp_path / "start"
-    procs, ready = [], []
-    for name in ("p", "q"):
-        flag = tmp_path / f"{name}.ready"
-        cfg = {"uri": uri, "dim": DIM, "storage_options": storage_options, "ready": str(flag), "start": str(start),
-               "rounds": ROUNDS, "keys": KEYS, "name": name}
-        procs.append(subprocess.Popen([sys.executable, "-c", WRITER, json.dumps(cfg)], env=_env(),
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
-        ready.append(flag)
-    _wait(ready, procs)
+    """This process and a child write the same keys at the same time; return a store over what they left."""
+    start, ready = tmp_path / "start", tmp_path / "child.ready"
+    cfg = {"uri": uri, "dim": DIM, "storage_options": storage_options, "ready": str(ready), "start": str(start),
+           "tests": str(Path(__file__).parent), "name": "child"}
+    child = subprocess.Popen([sys.executable, "-c", WRITER, json.dumps(cfg)], env=_env(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    store = LanceDBStore(uri, namespace="shared", index={"embed": HashingEmbedder(DIM)}, storage_options=storage_options)
+    _wait([ready], [child])
     start.touch()
-    for proc in procs:
-        _, err = proc.communicate(timeout=180)
-        assert proc.returncode == 0, err.decode()[-3000:]
-    return LanceDBStore(uri, namespace="shared", index={"embed": HashingEmbedder(DIM)}, storage_options=storage_options)
+    write(store, "parent")
+    _, err = child.communicate(timeout=180)
+    assert child.returncode == 0, err.decode()[-3000:]
+    return store
 
 
 def check_last_writes(store: LanceDBStore) -> None:
