@@ -55,6 +55,13 @@ class CandidateSource(Protocol):
     ) -> CandidatePool: ...
 
 
+def check_query(vector: np.ndarray, k: Any, dim: int) -> np.ndarray:
+    """A candidate query: `k` an integer >= 1 and `vector` one finite vector of dimension `dim` (float32)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise InvalidArgumentError(f"k must be an integer >= 1, got {k!r}")
+    return check_vectors(np.asarray(vector).reshape(1, -1), dim, what="query vector")[0]
+
+
 def check_vectors(vectors: np.ndarray, dim: int | None = None, what: str = "vectors") -> np.ndarray:
     """Return `vectors` as a float32 (n, d) array or raise naming the first bad row."""
     array = np.asarray(vectors, dtype=np.float32)
@@ -137,9 +144,7 @@ class InMemoryCandidates:
         """The k rows most similar to `vector`, optionally restricted to `task` and to what `learn_from`
         keeps, without the rows of `exclude_episode` and `exclude_task` (evaluations that must not
         train on the same game)."""
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise InvalidArgumentError(f"k must be an integer >= 1, got {k!r}")
-        query = check_vectors(np.asarray(vector).reshape(1, -1), self.dim, what="query vector")[0]
+        query = check_query(vector, k, self.dim)
         keep = np.ones(len(self.texts), dtype=bool)
         if exclude_episode is not None:
             keep &= np.array([e != exclude_episode for e in self.episodes], dtype=bool)

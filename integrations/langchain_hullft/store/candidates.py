@@ -13,10 +13,9 @@ from typing import Any
 import numpy as np
 from langgraph.store.base import Item, SearchOp
 
-from hullft_agent.candidates import CandidatePool, CandidateSource, _learns_from
+from hullft_agent.candidates import CandidatePool, CandidateSource, _learns_from, check_query
 from hullft_agent.config import LearnFrom
 from hullft_agent.errors import EmbedderMismatchError, InvalidArgumentError, InvalidTypeError
-from hullft_agent.memory.schema import check_vector
 from langchain_hullft.store._items import SEPARATOR, check_op
 from langchain_hullft.store.lancedb_store import LanceDBStore
 
@@ -84,9 +83,7 @@ class StoreCandidates:
         learn_from: LearnFrom | None = None,
     ) -> CandidatePool:
         """The k candidates nearest `vector`: store items, and the memory's rows when merged, by similarity."""
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise InvalidArgumentError(f"k must be an integer >= 1, got {k!r}")
-        query = check_vector(np.asarray(vector, dtype=np.float32).reshape(-1), self.dim, what="query vector")
+        query = check_query(vector, k, self.dim)
         entries: list[tuple[float, str, str, np.ndarray, dict[str, Any]]] = []
         if learn_from is None or _learns_from({"kind": STORE_KIND, "metadata": {}}, learn_from):
             if learn_from is not None and learn_from.where is not None:
