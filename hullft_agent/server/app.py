@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 SESSION_HEADER = "x-session-id"
 #: How often a non-streaming request checks whether its client is still there.
 DISCONNECT_POLL_SECONDS = 0.2
+#: How long past its deadline a non-streaming request may still finish before it is cancelled (504).
+WATCHDOG_GRACE_SECONDS = 1.0
 
 
 class RequestTimeoutError(Exception):
@@ -148,7 +150,9 @@ def create_app(runtime: Runtime, config: ServerConfig | None = None) -> FastAPI:
         if body.stream:
             return await stream_response(request, body, call, slot)
         try:
-            result = await until_disconnect(request, runtime.agenerate(call), deadline)
+            # the generation's own time limit normally ends it first (a partial answer, finish_reason
+            # length); the watchdog's grace second catches an adaptation that overran the deadline
+            result = await until_disconnect(request, runtime.agenerate(call), deadline + WATCHDOG_GRACE_SECONDS)
         except HullFTError as exc:
             return error(400, str(exc))
         except RequestTimeoutError:

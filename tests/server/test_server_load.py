@@ -97,3 +97,37 @@ def _up(url: str) -> bool:
         return httpx.get(url + "/health", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_timeouts_answer_504_for_a_waiting_and_an_overrunning_request(serve, monkeypatch):
+    server = serve(request_timeout=0.5)
+    adapt = server.runtime.adapter.adapt
+
+    def slow_adapt(*args, **kwargs):
+        time.sleep(1.6)  # an adaptation that overruns the request's whole budget
+        return adapt(*args, **kwargs)
+
+    monkeypatch.setattr(server.runtime.adapter, "adapt", slow_adapt)
+    answers: list[httpx.Response] = []
+    slow = threading.Thread(target=lambda: answers.append(httpx.post(
+        server.base_url + "/chat/completions", timeout=30, json={"model": MODEL, "messages": ASK, "max_tokens": 4})))
+    slow.start()
+    time.sleep(0.1)
+    waited = httpx.post(server.base_url + "/chat/completions", timeout=30,
+                        json={"model": MODEL, "messages": ASK, "max_tokens": 4, "hullft": {"adapt": False}})
+    slow.join(30)
+    assert waited.status_code == 504 and "waiting for the model" in waited.json()["error"]["message"]
+    assert answers[0].status_code == 504 and "did not finish" in answers[0].json()["error"]["message"]
+
+
+def test_finish_reasons_are_openai_ones():
+    from hullft_agent.runtime import CallResult, GenerationStats
+    from hullft_agent.runtime.engine import skipped_report
+    from hullft_agent.server.protocol import finish_reason
+
+    def reason(runtime_reason: str) -> str:
+        stats = GenerationStats(finish_reason=runtime_reason)
+        return finish_reason(CallResult(text="", report=skipped_report("test"), stats=stats, prompt_tokens=1, dropped=0))
+
+    assert [reason(r) for r in ("stop", "length", "tool_calls", "time_limit", "cancelled")] == \
+        ["stop", "length", "tool_calls", "length", "length"]
