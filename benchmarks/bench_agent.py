@@ -111,6 +111,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--work-dir", default=None,
                         help=f"memories, running results and the report (default {WORK}/<suffix or 'default'>)")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="WORK_DIR",
+                        help="play nothing: merge the runs in these work dirs (other modes, same games and settings, "
+                        "e.g. one process per core) into one report and result file")
     parser.add_argument("--json", default=None, help="result file (default benchmarks/results/bench_agent[_harder][_NAME].json)")
     args = parser.parse_args(argv)
     suffix = "".join(f"_{part}" for part in ("harder" if args.harder else "", args.name) if part)
@@ -140,6 +143,7 @@ def main() -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     from hullft_agent.agents import TextWorldAgent, run_comparison, summary_text, write_report
+    from hullft_agent.agents.compare import load_comparison, merge_comparisons
     from hullft_agent.embedding import Embedder
     from hullft_agent.envs.textworld import generate_games
     from hullft_agent.models import load_model
@@ -161,7 +165,10 @@ def main() -> int:
             print(f"  {rule:<4}  ranked first {100 * s['top1']:.0f}%  MRR {s['mrr']:.3f}  "
                   f"softmax probability {s['expert_probability']:.3f}")
         print()
-    result = run_comparison(config, args.work_dir, model=model, embedder=embedder)
+    if args.merge:
+        result = merge_comparisons([load_comparison(d) for d in args.merge], args.work_dir)
+    else:
+        result = run_comparison(config, args.work_dir, model=model, embedder=embedder)
     if study is not None:
         result.notes.append(
             f"scoring rule (base model, walkthrough command on {study['states']} states of {study['games']} games): "

@@ -197,6 +197,40 @@ def load_comparison(out_dir: str | Path) -> Comparison:
     return result
 
 
+def merge_comparisons(parts: Sequence[Comparison], out_dir: str | Path) -> Comparison:
+    """One comparison from runs of different modes on the same games (e.g. one process per core).
+
+    The runs must agree on every setting but the modes and have played the same games in the same
+    order; a mode may appear in one run only. The merged result is written to `out_dir` (results.json
+    and the report).
+    """
+    if not parts:
+        raise InvalidArgumentError("merge_comparisons needs at least one comparison")
+    first = parts[0]
+    settings = first.config.model_dump(exclude={"modes"})
+    games = [e.game for e in next(iter(first.episodes.values()), [])]
+    merged = Comparison(config=first.config, out_dir=Path(out_dir).expanduser(), memory_rows=first.memory_rows,
+                        setup_s=max(p.setup_s for p in parts), seconds=sum(p.seconds for p in parts),
+                        interrupted=any(p.interrupted for p in parts))
+    for part in parts:
+        if part.config.model_dump(exclude={"modes"}) != settings:
+            raise InvalidArgumentError(f"{part.out_dir} was run with other settings than {first.out_dir}")
+        for mode, episodes in part.episodes.items():
+            if mode in merged.episodes:
+                raise InvalidArgumentError(f"mode {mode!r} is in more than one of the runs to merge")
+            if [e.game for e in episodes] != games[: len(episodes)]:
+                raise InvalidArgumentError(f"{part.out_dir}: mode {mode!r} played other games than {first.out_dir}")
+            merged.episodes[mode] = episodes
+        merged.mode_setup.update(part.mode_setup)
+        merged.notes += [f"{part.out_dir.name}: {note}" for note in part.notes]
+    merged.config = first.config.model_copy(update={"modes": list(merged.episodes)})
+    merged.notes.append("merged from separate runs of the same games: " + ", ".join(str(p.out_dir) for p in parts))
+    merged.out_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(merged.out_dir / "results.json", merged.to_dict())
+    write_report(merged)
+    return merged
+
+
 def paired_summary(diffs: Sequence[float], *, seed: int = 0) -> dict[str, Any]:
     """Mean, standard deviation and a seeded 95% bootstrap interval of per-game differences."""
     values = np.asarray(diffs, dtype=float)

@@ -180,3 +180,30 @@ def test_bench_agent_harder_and_name_write_separate_files():
     assert Path(bench.parse_args(["--name", "x", "--json", "/tmp/y.json"]).json) == Path("/tmp/y.json")
     with pytest.raises(ValidationError, match="unknown mode"):
         bench.make_config(bench.parse_args(["--modes", "none", "behaviour"]))
+
+
+BC_SETUP = {"rows": 4, "epochs": 2, "steps": 8, "seconds": 3.0}
+
+
+def test_runs_of_other_modes_on_the_same_games_merge_into_one_comparison(tmp_path):
+    from hullft_agent.agents.compare import merge_comparisons
+
+    whole = hand_made(tmp_path / "whole")
+    one = Comparison(config=CompareConfig(modes=["none", "bc"]), out_dir=tmp_path / "one", seconds=10.0,
+                     episodes={m: whole.episodes[m] for m in ("none", "bc")}, mode_setup={"bc": BC_SETUP})
+    two = Comparison(config=CompareConfig(modes=["decisions"]), out_dir=tmp_path / "two", seconds=20.0,
+                     episodes={"decisions": whole.episodes["decisions"]})
+    merged = merge_comparisons([one, two], tmp_path / "merged")
+    assert merged.config.modes == ["none", "bc", "decisions"] and merged.seconds == 30.0
+    assert merged.differences()["decisions"] == whole.differences()["decisions"]
+    assert merged.mode_setup == {"bc": BC_SETUP} and (tmp_path / "merged" / "report.md").exists()
+    with pytest.raises(InvalidArgumentError, match="more than one"):
+        merge_comparisons([one, one], tmp_path / "again")
+    other = Comparison(config=CompareConfig(modes=["decisions"], n=9), out_dir=tmp_path / "other",
+                       episodes={"decisions": whole.episodes["decisions"]})
+    with pytest.raises(InvalidArgumentError, match="other settings"):
+        merge_comparisons([one, other], tmp_path / "again")
+    shuffled = Comparison(config=CompareConfig(modes=["decisions"]), out_dir=tmp_path / "shuffled",
+                          episodes={"decisions": list(reversed(whole.episodes["decisions"]))})
+    with pytest.raises(InvalidArgumentError, match="other games"):
+        merge_comparisons([one, shuffled], tmp_path / "again")
