@@ -150,10 +150,11 @@ def main() -> int:
     from hullft_agent.runtime import Runtime
 
     start = time.perf_counter()
-    embedder = Embedder()
-    model = load_model()
     study = None
-    if args.study_games:
+    if not args.merge:
+        embedder = Embedder()
+        model = load_model()
+    if args.study_games and not args.merge:
         t0 = time.perf_counter()
         games = generate_games("valid", args.study_games, config.cooking(), seed0=args.seed, progress=False)
         study = scoring_study(TextWorldAgent(Runtime(model), config.agent()), games)
