@@ -37,13 +37,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "server"))
 
+from hullft_server import ServerConfig, create_app  # noqa: E402
+from hullft_server.protocol import ChatCompletionRequest, build_call  # noqa: E402
+from hullft_server.run import serve_in_thread  # noqa: E402
+
 from hullft_agent.adapter import TestTimeAdapter  # noqa: E402
 from hullft_agent.config import AdapterConfig, FinetuneConfig, ModelConfig, SelectionConfig  # noqa: E402
 from hullft_agent.memory import TrajectoryMemory  # noqa: E402
 from hullft_agent.runtime import Runtime  # noqa: E402
-from hullft_agent.server import ServerConfig, create_app  # noqa: E402
-from hullft_agent.server.protocol import ChatCompletionRequest, build_call  # noqa: E402
-from hullft_agent.server.run import serve_in_thread  # noqa: E402
 
 KEYS = {"bench-key-tenant-a": "tenant-a", "bench-key-tenant-b": "tenant-b"}
 ROOMS = ["kitchen", "pantry", "garden", "corridor", "bedroom", "cellar", "living room", "shed"]

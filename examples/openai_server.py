@@ -17,13 +17,13 @@ import json
 import tempfile
 
 import torch
+from hullft_server import ServerConfig, create_app
+from hullft_server.run import serve_in_thread
 from openai import OpenAI
 
 from hullft_agent import AdapterConfig, Embedder, FinetuneConfig, SelectionConfig, TestTimeAdapter, load_model
 from hullft_agent.memory import TrajectoryMemory
 from hullft_agent.runtime import Runtime
-from hullft_agent.server import ServerConfig, create_app
-from hullft_agent.server.run import serve_in_thread
 
 PAST = {
     "past-1": [("observation", "You are in a kitchen. There is a closed fridge and a counter."), ("action", "open fridge"),

@@ -241,7 +241,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """The OpenAI-compatible server (an application: imported only when this command runs)."""
-    from hullft_agent.server.run import serve
+    from hullft_server.run import serve
 
     config = _adapter_config(args).model_copy(update={"mode": args.mode, "adapter_dir": args.adapter_dir})
     return serve(args, AdapterConfig.model_validate(config.model_dump()))
@@ -367,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="an OpenAI-compatible server that adapts per session (needs the serve extra)")
     _add_selection_args(p, training=True)
-    from hullft_agent.server.run import add_arguments
+    from hullft_server.run import add_arguments
 
     add_arguments(p)
     p.set_defaults(func=cmd_serve)

@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 import uvicorn
 from conftest import build_tiny_model
+from hullft_server import ServerConfig, create_app
+from hullft_server.run import serve_in_thread
 
 from hullft_agent.adapter import TestTimeAdapter
 from hullft_agent.config import AdapterConfig, FinetuneConfig, LoRAConfig, SelectionConfig
 from hullft_agent.memory import TrajectoryMemory
 from hullft_agent.memory.testing import HashingEmbedder
 from hullft_agent.runtime import Runtime
-from hullft_agent.server import ServerConfig, create_app
-from hullft_agent.server.run import serve_in_thread
 
 MODEL = "tiny-test-model"
 KEYS = {"key-alice-0001": "alice", "key-bob-0002": "bob"}

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import torch
 from conftest import build_tiny_model, build_tiny_tokenizer
+from hullft_server.ray_serve import RayServeSpec
 
 from hullft_agent.adapter import TestTimeAdapter
 from hullft_agent.memory import TrajectoryMemory
 from hullft_agent.memory.testing import HashingEmbedder
 from hullft_agent.runtime import Runtime
-from hullft_agent.server.ray_serve import RayServeSpec
 
 MODEL = "tiny-test-model"
 DIM = 32

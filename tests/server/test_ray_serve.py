@@ -14,13 +14,8 @@ import pytest
 
 pytest.importorskip("ray.serve", reason="the ray extra (ray[serve]) is not installed")
 
-from ray_tiny import DIM, MODEL  # noqa: E402
-
-from hullft_agent.config import AdapterConfig, FinetuneConfig, LoRAConfig, SelectionConfig  # noqa: E402
-from hullft_agent.memory import TrajectoryMemory  # noqa: E402
-from hullft_agent.memory.testing import HashingEmbedder  # noqa: E402
-from hullft_agent.server import ServerConfig, create_app  # noqa: E402
-from hullft_agent.server.ray_serve import (  # noqa: E402
+from hullft_server import ServerConfig, create_app  # noqa: E402
+from hullft_server.ray_serve import (  # noqa: E402
     REPLICA_HEADER,
     ROUTING_HEADER,
     RayServeSpec,
@@ -28,6 +23,11 @@ from hullft_agent.server.ray_serve import (  # noqa: E402
     SessionSlot,
     build_runtime,
 )
+from ray_tiny import DIM, MODEL  # noqa: E402
+
+from hullft_agent.config import AdapterConfig, FinetuneConfig, LoRAConfig, SelectionConfig  # noqa: E402
+from hullft_agent.memory import TrajectoryMemory  # noqa: E402
+from hullft_agent.memory.testing import HashingEmbedder  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ADAPTER = dict(mode="per_task", selection=SelectionConfig(n=2, k=8),
@@ -110,9 +110,8 @@ def _stream_report(response: httpx.Response) -> dict:
 
 def test_two_replicas_keep_each_session_on_its_replica_and_share_one_memory(s3_server, tmp_path, monkeypatch):
     import ray
+    from hullft_server.ray_serve import deploy
     from ray import serve
-
-    from hullft_agent.server.ray_serve import deploy
 
     uri = "s3://agents/shared"
     seed(TrajectoryMemory.open(uri, embedder=HashingEmbedder(DIM), storage_options=s3_server))

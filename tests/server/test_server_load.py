@@ -121,9 +121,10 @@ def test_timeouts_answer_504_for_a_waiting_and_an_overrunning_request(serve, mon
 
 
 def test_finish_reasons_are_openai_ones():
+    from hullft_server.protocol import finish_reason
+
     from hullft_agent.runtime import CallResult, GenerationStats
     from hullft_agent.runtime.engine import skipped_report
-    from hullft_agent.server.protocol import finish_reason
 
     def reason(runtime_reason: str) -> str:
         stats = GenerationStats(finish_reason=runtime_reason)

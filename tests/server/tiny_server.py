@@ -10,11 +10,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import uvicorn  # noqa: E402
 from conftest import build_tiny_tokenizer  # noqa: E402
+from hullft_server import ServerConfig, create_app  # noqa: E402
 from live_server import tiny_runtime  # noqa: E402
 
 from hullft_agent.memory import TrajectoryMemory  # noqa: E402
 from hullft_agent.memory.testing import HashingEmbedder  # noqa: E402
-from hullft_agent.server import ServerConfig, create_app  # noqa: E402
 
 if __name__ == "__main__":
     memory = TrajectoryMemory.open(sys.argv[1], embedder=HashingEmbedder(32))

@@ -9,12 +9,12 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-_EXPORTS = {"create_app": "hullft_agent.server.app", "ServerConfig": "hullft_agent.server.config",
-            "parse_api_keys": "hullft_agent.server.config"}
+_EXPORTS = {"create_app": "hullft_server.app", "ServerConfig": "hullft_server.config",
+            "parse_api_keys": "hullft_server.config"}
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
-        raise AttributeError(f"module 'hullft_agent.server' has no attribute {name!r}")
+        raise AttributeError(f"module 'hullft_server' has no attribute {name!r}")
     return getattr(import_module(_EXPORTS[name]), name)

@@ -12,7 +12,7 @@ from typing import Any
 from hullft_agent.config import AdapterConfig, ModelConfig
 from hullft_agent.errors import CLIError
 from hullft_agent.runtime import Runtime
-from hullft_agent.server.config import ServerConfig, parse_api_keys
+from hullft_server.config import ServerConfig, parse_api_keys
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def server_config(args: argparse.Namespace, name: str) -> ServerConfig:
 def serve(args: argparse.Namespace, adapter_config: AdapterConfig) -> int:
     import uvicorn
 
-    from hullft_agent.server.app import create_app
+    from hullft_server.app import create_app
 
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         raise CLIError(f"--host {args.host} exposes the server beyond this machine: give --api-key KEY[=NAMESPACE] "

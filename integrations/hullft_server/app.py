@@ -26,10 +26,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from hullft_agent.errors import HullFTError
 from hullft_agent.memory.schema import check_name
 from hullft_agent.runtime import Call, CallResult, Runtime
-from hullft_agent.server.admission import ModelQueue, QueueFullError, Slot
-from hullft_agent.server.config import ServerConfig
-from hullft_agent.server.metrics import Metrics
-from hullft_agent.server.protocol import (
+from hullft_server.admission import ModelQueue, QueueFullError, Slot
+from hullft_server.config import ServerConfig
+from hullft_server.metrics import Metrics
+from hullft_server.protocol import (
     ChatCompletionRequest,
     build_call,
     chunk,

@@ -30,9 +30,9 @@ from hullft_agent.config import AdapterConfig, ModelConfig, StrictConfig
 from hullft_agent.errors import HullFTError, InvalidArgumentError, InvalidTypeError
 from hullft_agent.memory.schema import check_name
 from hullft_agent.runtime import Runtime
-from hullft_agent.server.app import SESSION_HEADER, create_app
-from hullft_agent.server.config import ServerConfig
-from hullft_agent.server.protocol import error_body
+from hullft_server.app import SESSION_HEADER, create_app
+from hullft_server.config import ServerConfig
+from hullft_server.protocol import error_body
 
 logger = logging.getLogger(__name__)
 
