@@ -209,7 +209,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The TextWorld agent on held-out games, with and without adaptation: tables and a report folder."""
     import time
 
-    from hullft_agent.agents.compare import CompareConfig, run_comparison, summary_text
+    from hullft_agent.agents.compare import CompareConfig, run_comparison
+    from hullft_agent.agents.report import summary_text
 
     if args.threads is not None:
         import torch

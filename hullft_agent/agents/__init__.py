@@ -11,9 +11,8 @@ from hullft_agent.agents.compare import (
     continual_summary,
     load_comparison,
     run_comparison,
-    summary_text,
-    write_report,
 )
+from hullft_agent.agents.report import summary_text, write_report
 from hullft_agent.agents.textworld import (
     AgentConfig,
     AgentInterrupted,

@@ -20,9 +20,8 @@ from hullft_agent.agents.compare import (
     CompareConfig,
     Comparison,
     continual_summary,
-    continual_table,
-    write_report,
 )
+from hullft_agent.agents.report import continual_table, write_report
 from hullft_agent.agents.textworld import EpisodeResult
 from hullft_agent.config import DecisionFormat, FinetuneConfig, LoRAConfig
 from hullft_agent.decisions import decision_instance, decision_step

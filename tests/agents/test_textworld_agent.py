@@ -23,8 +23,8 @@ from hullft_agent.agents.compare import (
     load_comparison,
     paired_summary,
     run_comparison,
-    summary_text,
 )
+from hullft_agent.agents.report import summary_text
 from hullft_agent.agents.textworld import AgentConfig, AgentInterrupted, TextWorldAgent
 from hullft_agent.config import AdapterConfig, FinetuneConfig, LoRAConfig, SelectionConfig
 from hullft_agent.envs import textworld as tw_env
