@@ -237,14 +237,15 @@ def create_app(runtime: Runtime, config: ServerConfig | None = None) -> FastAPI:
         return Response(metrics.render(), media_type=metrics.content_type)
 
     # ------------------------------------------------------------------ the caller's memory
-    def caller_memory(request: Request) -> tuple[Any, str | None] | JSONResponse:
+    def caller_memory(request: Request) -> tuple[Any, str] | JSONResponse:
+        """The memory and the caller's namespace in it, or the error response to send instead."""
         try:
             namespace = tenant(request)
         except PermissionError as exc:
             return unauthorized(exc)
         if runtime.memory is None:
             return error(404, "this server logs to no memory (start it with --memory)", kind="not_found_error")
-        return runtime.memory, namespace
+        return runtime.memory, namespace if namespace is not None else runtime.memory.namespace
 
     @app.post("/v1/memory/search")
     async def memory_search(request: Request, body: MemorySearch) -> Response:
@@ -267,8 +268,7 @@ def create_app(runtime: Runtime, config: ServerConfig | None = None) -> FastAPI:
         found = caller_memory(request)
         if isinstance(found, JSONResponse):
             return found
-        memory, namespace = found
-        ns = namespace if namespace is not None else memory.namespace
+        memory, ns = found
         episodes = await asyncio.to_thread(memory.episodes, ns)
         return JSONResponse({"namespace": ns, "rows": await asyncio.to_thread(memory.count, ns),
                              "episodes": len(episodes),
@@ -279,8 +279,7 @@ def create_app(runtime: Runtime, config: ServerConfig | None = None) -> FastAPI:
         found = caller_memory(request)
         if isinstance(found, JSONResponse):
             return found
-        memory, namespace = found
-        ns = namespace if namespace is not None else memory.namespace
+        memory, ns = found
         try:
             deleted = await asyncio.to_thread(memory.forget, episode_id=episode_id, namespace=ns)
         except HullFTError as exc:
