@@ -101,6 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name", default="", help="suffix of the result files and the work dir")
     parser.add_argument("--train-games", type=int, default=8)
     parser.add_argument("--test-games", type=int, default=10)
+    parser.add_argument("--split", default="test", choices=["valid", "test"], help="split of the played games")
     parser.add_argument("--study-games", type=int, default=5, help="games of the scoring-rule study (0: skip it)")
     parser.add_argument("--n", type=int, default=6)
     parser.add_argument("--k", type=int, default=100)
@@ -108,6 +109,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-steps", type=int, default=30)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--recipe", action=argparse.BooleanOptionalAction, default=True,
+                        help="the agent's prompt keeps the cookbook's recipe once read (AgentConfig.keep_recipe)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--work-dir", default=None,
                         help=f"memories, running results and the report (default {WORK}/<suffix or 'default'>)")
@@ -131,7 +134,7 @@ def make_config(args: argparse.Namespace) -> Any:
     harder = {"recipe": 2, "take": 2, "rooms": 6} if args.harder else {}
     return CompareConfig(modes=args.modes, train_games=args.train_games, test_games=args.test_games, n=args.n,
                          k=args.k, lr=args.lr, max_steps=args.max_steps, temperature=args.temperature,
-                         seed=args.seed, **harder)
+                         seed=args.seed, keep_recipe=args.recipe, split=args.split, **harder)
 
 
 def main() -> int:

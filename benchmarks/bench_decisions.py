@@ -61,6 +61,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--max-length", type=int, default=512, help="training sequences are cut to this many tokens")
     p.add_argument("--bc-epochs", type=int, default=2)
+    p.add_argument("--recipe", action=argparse.BooleanOptionalAction, default=True,
+                   help="the agent's prompt keeps the cookbook's recipe once read (AgentConfig.keep_recipe)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--name", default="", help="suffix of the result files")
     p.add_argument("--work-dir", type=Path, default=WORK)
@@ -201,7 +203,7 @@ def main() -> int:
     embedder = Embedder()
     finetune = FinetuneConfig(lr=args.lr, max_length=args.max_length)
     config = AdapterConfig(finetune=finetune)
-    prompts = AgentConfig()  # the agent's prompt settings: the same for every condition
+    prompts = AgentConfig(keep_recipe=args.recipe)  # the agent's prompt settings: the same for every condition
     rows = [expert_decision(prompts, s) for s in train_states]
     pool = InMemoryCandidates(
         [r["text"] for r in rows], embedder.encode([r["text"] for r in rows]),

@@ -2,7 +2,7 @@
 
 `run_comparison` generates a small set of tw-cooking games, builds a trajectory memory from the
 expert and exploring episodes of the training games, and lets a `TextWorldAgent` play the held-out
-(test-split) games once per mode:
+(test-split, or `split`) games once per mode:
 
 - `none`: the base model, no adaptation;
 - `per_query`: HullFT selection and a fresh LoRA adaptation before every command;
@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -83,7 +83,8 @@ class CompareConfig(StrictConfig):
 
     modes: list[str] = Field(default_factory=lambda: ["none", "decisions"], min_length=1)
     train_games: int = Field(6, ge=1, description="training games whose episodes fill the memory")
-    test_games: int = Field(3, ge=1, description="held-out (test split) games the agent plays per mode")
+    test_games: int = Field(3, ge=1, description="held-out games the agent plays per mode")
+    split: Literal["valid", "test"] = Field("test", description="split of the played games (tune on 'valid')")
     expert_episodes: int = Field(1, ge=0, description="expert episodes per training game")
     explore_episodes: int = Field(2, ge=0, description="exploring episodes per training game")
     random_share: float = Field(0.3, ge=0, le=1)
@@ -105,6 +106,7 @@ class CompareConfig(StrictConfig):
     max_steps: int = Field(30, ge=1)
     step_factor: float | None = Field(2.0, gt=0)
     history: int = Field(3, ge=0)
+    keep_recipe: bool = Field(True, description="the agent's prompt keeps the cookbook's recipe once read")
     strategy: Strategy = "loglik"
     scoring: Scoring = DEFAULT_SCORING
     temperature: float = Field(1.0, ge=0, description="command choice: 0 greedy, T > 0 drawn ∝ exp(score / T)")
@@ -134,8 +136,8 @@ class CompareConfig(StrictConfig):
                                cook=self.cook, cut=self.cut, max_steps=self.max_steps)
 
     def agent(self) -> AgentConfig:
-        return AgentConfig(history=self.history, max_steps=self.max_steps, step_factor=self.step_factor,
-                           strategy=self.strategy, scoring=self.scoring, temperature=self.temperature,
+        return AgentConfig(history=self.history, keep_recipe=self.keep_recipe, max_steps=self.max_steps,
+                           step_factor=self.step_factor, strategy=self.strategy, scoring=self.scoring, temperature=self.temperature,
                            seed=self.seed)
 
 
@@ -387,7 +389,7 @@ def run_comparison(
     result.memory_rows = base.count()
     bc_rows = _decision_rows(base) if "bc" in config.modes else []
     base.close()
-    games = [*generate_games("test", config.test_games, settings, game_cache, seed0=config.seed, progress=progress),
+    games = [*generate_games(config.split, config.test_games, settings, game_cache, seed0=config.seed, progress=progress),
              *(Path(g) for g in extra_games)]
     if model is None:
         from hullft_agent.models import load_model

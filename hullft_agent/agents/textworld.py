@@ -68,6 +68,10 @@ class AgentConfig(StrictConfig):
     context_messages: int = Field(
         4, ge=1, description="the adaptation context: the last this many observations and commands of the prompt"
     )
+    keep_recipe: bool = Field(
+        True, description="once the cookbook is read, keep its recipe under every later observation (the last "
+        "`history` steps forget it, and every later decision depends on it)",
+    )
     system_prompt: str = Field(SYSTEM_PROMPT, min_length=1)
     log: bool = Field(True, description="log every step to the runtime's memory")
     namespace: str | None = Field(None, description="memory namespace of the logged steps (default: the memory's)")
@@ -150,17 +154,43 @@ def adaptation_context(conversation: Conversation, last: int) -> str:
     return "\n".join(t for t in texts if t)
 
 
+def read_recipe(text: str) -> str | None:
+    """The recipe of a cookbook page in one line (`ingredients: ...; directions: ...`), or None.
+
+    The cooking games print it as an `Ingredients:` and a `Directions:` block, one item a line.
+    """
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        line = line.strip()
+        if line.rstrip(":").lower() in ("ingredients", "directions") and line.endswith(":"):
+            current = sections.setdefault(line[:-1].lower(), [])
+        elif not line:
+            current = None
+        elif current is not None:
+            current.append(line)
+    if not sections.get("ingredients") or not sections.get("directions"):
+        return None
+    return f"ingredients: {', '.join(sections['ingredients'])}; directions: {', '.join(sections['directions'])}"
+
+
 def agent_prompt(config: AgentConfig, history: list[tuple[str, str]], observation: str, objective: str,
                  admissible: list[str]) -> Conversation:
     """The prompt of one step: system prompt, recent turns, the observation, objective and commands.
 
-    The objective and the admissible commands go in a closing system turn, so the adaptation
-    context (the last non-system messages) and the logged observation hold only game text.
+    `history` is every earlier step of the episode (the prompt shows the last `config.history`); with
+    `config.keep_recipe` the last recipe read in it follows the observation (unless the observation is
+    the cookbook). The objective and the
+    admissible commands go in a closing system turn, so the adaptation context (the last non-system
+    messages) holds only game text and the recipe.
     """
     out = [{"role": SYSTEM, "content": config.system_prompt}]
     for seen, did in history[-config.history:] if config.history else []:
         out += [{"role": USER, "content": seen}, {"role": ASSISTANT, "content": did}]
-    out.append({"role": USER, "content": observation})
+    recipe = None
+    if config.keep_recipe and read_recipe(observation) is None:
+        recipe = next((r for r in (read_recipe(seen) for seen, _ in reversed(history)) if r), None)
+    out.append({"role": USER, "content": f"{observation}\n\nRecipe: {recipe}" if recipe else observation})
     lines = [f"Objective: {objective}"] if objective else []
     lines.append("Admissible commands: " + "; ".join(admissible))
     lines.append("Reply with one admissible command.")

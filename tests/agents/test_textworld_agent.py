@@ -429,3 +429,20 @@ def test_walkthrough_states_answer_with_the_walkthrough_or_the_engines_plan(trai
     assert [s.observation for s in walk] == [s.observation for s in engine], "the same states, in walkthrough order"
     assert all(s.expert in s.admissible for s in walk + engine)
     assert walk[0].expert == "inventory" and engine[0].expert != "inventory", "the engine skips the no-op opener"
+
+
+def test_the_prompt_keeps_the_recipe_once_the_cookbook_is_read(train_game):
+    from hullft_agent.agents.textworld import read_recipe
+    from hullft_agent.agents.walkthroughs import state_prompt, walkthrough_states
+
+    states = walkthrough_states(train_game)
+    read_at = next(i for i, s in enumerate(states) if s.expert == "examine cookbook")
+    recipe = read_recipe(states[read_at + 1].observation)
+    assert recipe and recipe.startswith("ingredients: ") and "; directions: " in recipe and "prepare meal" in recipe
+    keep, drop = AgentConfig(history=1), AgentConfig(history=1, keep_recipe=False)
+    for state in states[: read_at + 2]:  # before the cookbook, and the step that shows it: the observation alone
+        assert state_prompt(keep, state)[-2]["content"] == state.observation
+    for state in states[read_at + 2:]:  # later steps, long after the 1-step history forgot the cookbook
+        assert state_prompt(keep, state)[-2]["content"] == f"{state.observation}\n\nRecipe: {recipe}"
+        assert state_prompt(drop, state)[-2]["content"] == state.observation
+    assert read_recipe("Ingredients:\ncarrot\n\nYou see a table.") is None, "a recipe has ingredients and directions"
