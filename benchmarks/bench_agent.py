@@ -101,6 +101,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name", default="", help="suffix of the result files and the work dir")
     parser.add_argument("--train-games", type=int, default=8)
     parser.add_argument("--test-games", type=int, default=10)
+    parser.add_argument("--expert-answers", default="engine", choices=["walkthrough", "engine"],
+                        help="answers of the training games' walkthrough decisions (CompareConfig.expert_answers)")
     parser.add_argument("--split", default="test", choices=["valid", "test"], help="split of the played games")
     parser.add_argument("--study-games", type=int, default=5, help="games of the scoring-rule study (0: skip it)")
     parser.add_argument("--n", type=int, default=6)
@@ -134,7 +136,8 @@ def make_config(args: argparse.Namespace) -> Any:
     harder = {"recipe": 2, "take": 2, "rooms": 6} if args.harder else {}
     return CompareConfig(modes=args.modes, train_games=args.train_games, test_games=args.test_games, n=args.n,
                          k=args.k, lr=args.lr, max_steps=args.max_steps, temperature=args.temperature,
-                         seed=args.seed, keep_recipe=args.recipe, split=args.split, **harder)
+                         seed=args.seed, keep_recipe=args.recipe, split=args.split,
+                         expert_answers=args.expert_answers, **harder)
 
 
 def main() -> int:

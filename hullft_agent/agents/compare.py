@@ -103,6 +103,10 @@ class CompareConfig(StrictConfig):
         384, ge=8, description="decision modes and bc: training prompts are cut (oldest tokens first) to this many tokens"
     )
     bc_epochs: int = Field(2, ge=1, description="bc: passes over the training memory's decision rows")
+    expert_answers: Literal["walkthrough", "engine"] = Field(
+        "engine", description="the answer of a training game's walkthrough decision: the walkthrough's command, or "
+        "the engine's next winning command (which skips no-op moves, and also reading the cookbook)",
+    )
     max_steps: int = Field(30, ge=1)
     step_factor: float | None = Field(2.0, gt=0)
     history: int = Field(3, ge=0)
@@ -491,6 +495,6 @@ def _add_expert_decisions(memory: Any, games: Sequence[Path], config: CompareCon
 
     logged = {e.episode_id for e in memory.episodes()}
     rows = [expert_decision(config.agent(), state) for game in games
-            for state in walkthrough_states(game, answer="engine") if state.episode_id not in logged]
+            for state in walkthrough_states(game, answer=config.expert_answers) if state.episode_id not in logged]
     if rows:
         memory.add(rows)

@@ -213,11 +213,13 @@ def write_report(result: Comparison) -> Path:
     lines = [
         "# TextWorld agent: adaptation modes side by side",
         "",
-        f"{len(next(iter(result.episodes.values()), []))} held-out tw-cooking games (test split; recipe {c.recipe}, "
+        f"{len(next(iter(result.episodes.values()), []))} held-out tw-cooking games ({c.split} split; recipe {c.recipe}, "
         f"take {c.take}, rooms {c.rooms}{', open' if c.open else ''}{', cook' if c.cook else ''}"
         f"{', cut' if c.cut else ''}), memory of {result.memory_rows} window rows (w = {c.window}) from "
         f"{c.train_games} training games ({c.expert_episodes} expert + {c.explore_episodes} exploring episodes "
-        f"each), then the agent's own episodes. {_choice_rule(c)}; "
+        f"each), then the agent's own episodes. {_choice_rule(c)}"
+        f"{'; the prompt keeps the recipe once read' if c.keep_recipe else ''}; expert decisions answer with the "
+        f"{c.expert_answers}'s command; "
         f"N = {c.n}, K = {c.k}, lr {c.lr}, sequences ≤ {c.max_length} tokens, at most {c.max_steps} commands "
         f"(and {c.step_factor}× the walkthrough). Wall time {result.seconds:.0f} s (setup {result.setup_s:.0f} s).",
         "",

@@ -446,3 +446,17 @@ def test_the_prompt_keeps_the_recipe_once_the_cookbook_is_read(train_game):
         assert state_prompt(keep, state)[-2]["content"] == f"{state.observation}\n\nRecipe: {recipe}"
         assert state_prompt(drop, state)[-2]["content"] == state.observation
     assert read_recipe("Ingredients:\ncarrot\n\nYou see a table.") is None, "a recipe has ingredients and directions"
+
+
+@pytest.mark.parametrize("answers", ["walkthrough", "engine"])
+def test_expert_decisions_answer_as_configured_and_show_the_recipe_once_read(tmp_path, train_game, answers):
+    from hullft_agent.agents.walkthroughs import walkthrough_states
+
+    memory = TrajectoryMemory.open(tmp_path / "m", embedder=HashingEmbedder(DIM), granularity="window", window=4)
+    compare_module._add_expert_decisions(memory, [train_game], CompareConfig(expert_answers=answers))
+    rows = sorted((json.loads(r["metadata"]) for r in memory.table.search().where("kind = 'decision'").to_list()),
+                  key=lambda m: m["walkthrough_step"])
+    assert [m["answer"] for m in rows] == [s.expert for s in walkthrough_states(train_game, answer=answers)]
+    assert ("examine cookbook" in [m["answer"] for m in rows]) == (answers == "walkthrough")
+    read_at = next(i for i, s in enumerate(walkthrough_states(train_game)) if s.expert == "examine cookbook")
+    assert all(("Recipe: ingredients:" in m["prompt"][-2]["content"]) == (i > read_at + 1) for i, m in enumerate(rows))
