@@ -111,7 +111,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-steps", type=int, default=30)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--recipe", action=argparse.BooleanOptionalAction, default=True,
+    parser.add_argument("--recipe", action=argparse.BooleanOptionalAction, default=False,
                         help="the agent's prompt keeps the cookbook's recipe once read (AgentConfig.keep_recipe)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--work-dir", default=None,

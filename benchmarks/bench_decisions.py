@@ -61,7 +61,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--max-length", type=int, default=512, help="training sequences are cut to this many tokens")
     p.add_argument("--bc-epochs", type=int, default=2)
-    p.add_argument("--recipe", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--recipe", action=argparse.BooleanOptionalAction, default=False,
                    help="the agent's prompt keeps the cookbook's recipe once read (AgentConfig.keep_recipe)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--name", default="", help="suffix of the result files")

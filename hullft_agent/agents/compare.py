@@ -110,7 +110,7 @@ class CompareConfig(StrictConfig):
     max_steps: int = Field(30, ge=1)
     step_factor: float | None = Field(2.0, gt=0)
     history: int = Field(3, ge=0)
-    keep_recipe: bool = Field(True, description="the agent's prompt keeps the cookbook's recipe once read")
+    keep_recipe: bool = Field(False, description="the agent's prompt keeps the cookbook's recipe once read")
     strategy: Strategy = "loglik"
     scoring: Scoring = DEFAULT_SCORING
     temperature: float = Field(1.0, ge=0, description="command choice: 0 greedy, T > 0 drawn ∝ exp(score / T)")

@@ -69,8 +69,9 @@ class AgentConfig(StrictConfig):
         4, ge=1, description="the adaptation context: the last this many observations and commands of the prompt"
     )
     keep_recipe: bool = Field(
-        True, description="once the cookbook is read, keep its recipe under every later observation (the last "
-        "`history` steps forget it, and every later decision depends on it)",
+        False, description="once the cookbook is read, keep its recipe under every later observation (the last "
+        "`history` steps forget it, and every later decision depends on it; off by default: SmolLM2-135M did not "
+        "choose better with it, benchmarks/RESULTS.md)",
     )
     system_prompt: str = Field(SYSTEM_PROMPT, min_length=1)
     log: bool = Field(True, description="log every step to the runtime's memory")

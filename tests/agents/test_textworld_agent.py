@@ -439,7 +439,7 @@ def test_the_prompt_keeps_the_recipe_once_the_cookbook_is_read(train_game):
     read_at = next(i for i, s in enumerate(states) if s.expert == "examine cookbook")
     recipe = read_recipe(states[read_at + 1].observation)
     assert recipe and recipe.startswith("ingredients: ") and "; directions: " in recipe and "prepare meal" in recipe
-    keep, drop = AgentConfig(history=1), AgentConfig(history=1, keep_recipe=False)
+    keep, drop = AgentConfig(history=1, keep_recipe=True), AgentConfig(history=1)
     for state in states[: read_at + 2]:  # before the cookbook, and the step that shows it: the observation alone
         assert state_prompt(keep, state)[-2]["content"] == state.observation
     for state in states[read_at + 2:]:  # later steps, long after the 1-step history forgot the cookbook
@@ -453,7 +453,7 @@ def test_expert_decisions_answer_as_configured_and_show_the_recipe_once_read(tmp
     from hullft_agent.agents.walkthroughs import walkthrough_states
 
     memory = TrajectoryMemory.open(tmp_path / "m", embedder=HashingEmbedder(DIM), granularity="window", window=4)
-    compare_module._add_expert_decisions(memory, [train_game], CompareConfig(expert_answers=answers))
+    compare_module._add_expert_decisions(memory, [train_game], CompareConfig(expert_answers=answers, keep_recipe=True))
     rows = sorted((json.loads(r["metadata"]) for r in memory.table.search().where("kind = 'decision'").to_list()),
                   key=lambda m: m["walkthrough_step"])
     assert [m["answer"] for m in rows] == [s.expert for s in walkthrough_states(train_game, answer=answers)]
