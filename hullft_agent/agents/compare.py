@@ -9,7 +9,9 @@ expert and exploring episodes of the training games, and lets a `TextWorldAgent`
 - `per_task`: HullFT, one adapter per game kept across its commands, trained incrementally (each
   command trains only the selected rows the game's adapter has not been trained on yet);
 - `knn`: nearest-neighbour selection, per_query;
-- `decisions`, `decisions_query`, `decisions_knn`: the same on decision rows of won episodes;
+- `decisions`, `decisions_query`: per_task and per_query HullFT on decision rows of won episodes;
+  `decisions_knn`: the same as `decisions` with nearest-neighbour selection (HullFT against kNN, all
+  else equal);
 - `bc`: offline behaviour cloning, one LoRA trained once before the games on every decision row of
   the training memory (`hullft_agent.finetune.behaviour_cloning`), then fixed: no test-time
   selection, so the report shows what selecting per step adds over training once.
@@ -67,7 +69,7 @@ MODES: dict[str, dict[str, Any]] = {
                   "decision_format": DECISION_FORMAT},
     "decisions_query": {"method": "hullft", "mode": "per_query", "learn_from": LEARN_FROM_WINS,
                         "decision_format": DECISION_FORMAT},
-    "decisions_knn": {"method": "knn", "mode": "per_query", "learn_from": LEARN_FROM_WINS,
+    "decisions_knn": {"method": "knn", "mode": "per_task", "learn_from": LEARN_FROM_WINS,
                       "decision_format": DECISION_FORMAT},
     # the agent plays unadapted, on a model trained once before the games (see run_comparison)
     "bc": {"adapt": False},
