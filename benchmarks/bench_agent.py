@@ -111,6 +111,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-steps", type=int, default=30)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--avoid-repeats", type=int, default=0,
+                        help="the agent does not replay its last this many commands (AgentConfig.avoid_repeats)")
     parser.add_argument("--recipe", action=argparse.BooleanOptionalAction, default=False,
                         help="the agent's prompt keeps the cookbook's recipe once read (AgentConfig.keep_recipe)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -137,7 +139,7 @@ def make_config(args: argparse.Namespace) -> Any:
     return CompareConfig(modes=args.modes, train_games=args.train_games, test_games=args.test_games, n=args.n,
                          k=args.k, lr=args.lr, max_steps=args.max_steps, temperature=args.temperature,
                          seed=args.seed, keep_recipe=args.recipe, split=args.split,
-                         expert_answers=args.expert_answers, **harder)
+                         expert_answers=args.expert_answers, avoid_repeats=args.avoid_repeats, **harder)
 
 
 def main() -> int:

@@ -117,6 +117,7 @@ class CompareConfig(StrictConfig):
     scoring: Scoring = DEFAULT_SCORING
     temperature: float = Field(1.0, ge=0, description="command choice: 0 greedy, T > 0 drawn ∝ exp(score / T)")
     seed: int = Field(0, ge=0)
+    avoid_repeats: int = Field(0, ge=0, description="the agent does not replay its last this many commands (0: off)")
 
     @field_validator("modes")
     @classmethod
@@ -144,7 +145,7 @@ class CompareConfig(StrictConfig):
     def agent(self) -> AgentConfig:
         return AgentConfig(history=self.history, keep_recipe=self.keep_recipe, max_steps=self.max_steps,
                            step_factor=self.step_factor, strategy=self.strategy, scoring=self.scoring, temperature=self.temperature,
-                           seed=self.seed)
+                           seed=self.seed, avoid_repeats=self.avoid_repeats)
 
 
 @dataclass

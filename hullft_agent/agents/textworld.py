@@ -61,6 +61,10 @@ class AgentConfig(StrictConfig):
         "(1 with 'sum': the model's own distribution over the admissible commands; a greedy agent loops)",
     )
     seed: int = Field(0, ge=0, description="seeds the draws: step s of game g always gets the same seed")
+    avoid_repeats: int = Field(
+        0, ge=0, description="choose among the admissible commands other than the last this many played (all of them "
+        "when that leaves none): breaks the loops a greedy agent falls into (0: off)",
+    )
     max_tokens: int = Field(16, ge=1, description="most tokens of a generated command (strategy 'generate')")
     generate_temperature: float = Field(
         0.0, ge=0, description="sampling temperature of a generated command (strategy 'generate'; 0: greedy)"
@@ -335,7 +339,9 @@ class TextWorldAgent:
             log_inputs=[self._observation_step(observation, {})],
             log_metadata={"policy": "agent", "agent": result.label, "step": len(result.steps)},
         )
-        choice = self.runtime.choose(call, admissible, strategy=config.strategy, scoring=config.scoring,
+        recent = {s.action for s in result.steps[-config.avoid_repeats:]} if config.avoid_repeats else set()
+        choices = [c for c in admissible if c not in recent] or admissible
+        choice = self.runtime.choose(call, choices, strategy=config.strategy, scoring=config.scoring,
                                      temperature=config.temperature)
         outcome = choice.call
         result.logged_rows += len(outcome.logged_ids)
@@ -353,7 +359,7 @@ class TextWorldAgent:
             action_bpb=choice.bpb(),
             action_bytes=len(choice.text.encode("utf-8")),
             expert_action=expert,
-            expert_bpb=None if expert is None else choice.bpb(admissible.index(expert)),
+            expert_bpb=None if expert not in choices else choice.bpb(choices.index(expert)),
             chose_expert=None if expert is None else choice.text == expert,
             adapted=report.adapted,
             selected=sum(report.counts),

@@ -460,3 +460,22 @@ def test_expert_decisions_answer_as_configured_and_show_the_recipe_once_read(tmp
     assert ("examine cookbook" in [m["answer"] for m in rows]) == (answers == "walkthrough")
     read_at = next(i for i, s in enumerate(walkthrough_states(train_game)) if s.expert == "examine cookbook")
     assert all(("Recipe: ingredients:" in m["prompt"][-2]["content"]) == (i > read_at + 1) for i, m in enumerate(rows))
+
+
+def test_avoid_repeats_never_offers_the_last_commands_again_unless_nothing_else_is_left(test_game, monkeypatch):
+    runtime = make_runtime(None)
+    offered: list[list[str]] = []
+    real_choose = runtime.choose
+
+    def spy(call, choices, **kwargs):
+        offered.append(list(choices))
+        return real_choose(call, choices, **kwargs)
+
+    monkeypatch.setattr(runtime, "choose", spy)
+    config = AgentConfig(max_steps=8, temperature=0, avoid_repeats=2, log=False)
+    result = TextWorldAgent(runtime, config, adapt=False).play(test_game)
+    actions = [s.action for s in result.steps]
+    assert len(actions) >= 3
+    for i, choices in enumerate(offered):
+        assert not set(actions[max(0, i - 2):i]) & set(choices), f"step {i} offered a command it just played"
+    assert all(a != b for a, b in zip(actions, actions[1:], strict=False)), "a greedy agent no longer repeats itself"
