@@ -144,8 +144,8 @@ class CompareConfig(StrictConfig):
 
     def agent(self) -> AgentConfig:
         return AgentConfig(history=self.history, keep_recipe=self.keep_recipe, max_steps=self.max_steps,
-                           step_factor=self.step_factor, strategy=self.strategy, scoring=self.scoring, temperature=self.temperature,
-                           seed=self.seed, avoid_repeats=self.avoid_repeats)
+                           step_factor=self.step_factor, strategy=self.strategy, scoring=self.scoring,
+                           temperature=self.temperature, seed=self.seed, avoid_repeats=self.avoid_repeats)
 
 
 @dataclass
@@ -396,7 +396,8 @@ def run_comparison(
     result.memory_rows = base.count()
     bc_rows = _decision_rows(base) if "bc" in config.modes else []
     base.close()
-    games = [*generate_games(config.split, config.test_games, settings, game_cache, seed0=config.seed, progress=progress),
+    games = [*generate_games(config.split, config.test_games, settings, game_cache, seed0=config.seed,
+                             progress=progress),
              *(Path(g) for g in extra_games)]
     if model is None:
         from hullft_agent.models import load_model

@@ -213,7 +213,8 @@ def write_report(result: Comparison) -> Path:
     lines = [
         "# TextWorld agent: adaptation modes side by side",
         "",
-        f"{len(next(iter(result.episodes.values()), []))} held-out tw-cooking games ({c.split} split; recipe {c.recipe}, "
+        f"{len(next(iter(result.episodes.values()), []))} held-out tw-cooking games ({c.split} split; "
+        f"recipe {c.recipe}, "
         f"take {c.take}, rooms {c.rooms}{', open' if c.open else ''}{', cook' if c.cook else ''}"
         f"{', cut' if c.cut else ''}), memory of {result.memory_rows} window rows (w = {c.window}) from "
         f"{c.train_games} training games ({c.expert_episodes} expert + {c.explore_episodes} exploring episodes "

@@ -168,7 +168,7 @@ def read_recipe(text: str) -> str | None:
     current: list[str] | None = None
     for line in text.splitlines():
         line = line.strip()
-        if line.rstrip(":").lower() in ("ingredients", "directions") and line.endswith(":"):
+        if line.lower() in ("ingredients:", "directions:"):
             current = sections.setdefault(line[:-1].lower(), [])
         elif not line:
             current = None
@@ -185,9 +185,8 @@ def agent_prompt(config: AgentConfig, history: list[tuple[str, str]], observatio
 
     `history` is every earlier step of the episode (the prompt shows the last `config.history`); with
     `config.keep_recipe` the last recipe read in it follows the observation (unless the observation is
-    the cookbook). The objective and the
-    admissible commands go in a closing system turn, so the adaptation context (the last non-system
-    messages) holds only game text and the recipe.
+    the cookbook). The objective and the admissible commands go in a closing system turn, so the
+    adaptation context (the last non-system messages) holds only game text and the recipe.
     """
     out = [{"role": SYSTEM, "content": config.system_prompt}]
     for seen, did in history[-config.history:] if config.history else []:
