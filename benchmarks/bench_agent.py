@@ -115,6 +115,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the agent does not replay its last this many commands (AgentConfig.avoid_repeats)")
     parser.add_argument("--recipe", action=argparse.BooleanOptionalAction, default=False,
                         help="the agent's prompt keeps the cookbook's recipe once read (AgentConfig.keep_recipe)")
+    parser.add_argument("--prompt-format", default=None, choices=["full", "nosys", "nosys-h1", "nosys-h0"],
+                        help="the agent answers its prompt trimmed to this format, and decision modes and bc train in "
+                        "it (CompareConfig.prompt_format; default: the whole prompt)")
+    parser.add_argument("--bc-epochs", type=int, default=2, help="bc: passes over the training decisions")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--work-dir", default=None,
                         help=f"memories, running results and the report (default {WORK}/<suffix or 'default'>)")
@@ -134,12 +138,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def make_config(args: argparse.Namespace) -> Any:
     """The comparison's settings from the flags (`--harder`: recipe 2, take 2, 6 rooms)."""
     from hullft_agent.agents import CompareConfig
+    from hullft_agent.config import DECISION_FORMATS
 
     harder = {"recipe": 2, "take": 2, "rooms": 6} if args.harder else {}
     return CompareConfig(modes=args.modes, train_games=args.train_games, test_games=args.test_games, n=args.n,
                          k=args.k, lr=args.lr, max_steps=args.max_steps, temperature=args.temperature,
                          seed=args.seed, keep_recipe=args.recipe, split=args.split,
-                         expert_answers=args.expert_answers, avoid_repeats=args.avoid_repeats, **harder)
+                         expert_answers=args.expert_answers, avoid_repeats=args.avoid_repeats,
+                         prompt_format=DECISION_FORMATS.get(args.prompt_format), bc_epochs=args.bc_epochs, **harder)
 
 
 def main() -> int:

@@ -39,12 +39,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from hullft_agent.config import DECISION_FORMATS  # noqa: E402  (light: pydantic only)
+
 RESULTS = ROOT / "benchmarks" / "results"
 WORK = Path("~/.cache/hullft-agent/bench_decisions").expanduser()
 DECISION_METHODS = ("hullft", "knn", "sift")
 CONDITIONS = ("base", "bc", *DECISION_METHODS, "transcripts")
-#: Training formats of decision prompts: name -> (keep the system prompt, earlier messages kept).
-FORMATS = {"full": (True, None), "nosys": (False, None), "nosys-h1": (False, 2), "nosys-h0": (False, 0)}
 
 
 def parse_args() -> argparse.Namespace:
@@ -54,7 +54,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--test-games", type=int, default=10)
     p.add_argument("--harder", action="store_true", help="recipe 2, take 2, 6 rooms (bench_episodes' games)")
     p.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=CONDITIONS)
-    p.add_argument("--formats", nargs="+", default=["nosys-h1"], choices=list(FORMATS),
+    p.add_argument("--formats", nargs="+", default=["nosys-h1"], choices=list(DECISION_FORMATS),
                    help="training formats of the decision conditions (each one is a separate condition)")
     p.add_argument("--n", type=int, default=6, help="N: instances per selected multiset")
     p.add_argument("--k", type=int, default=100)
@@ -63,6 +63,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--bc-epochs", type=int, default=2)
     p.add_argument("--recipe", action=argparse.BooleanOptionalAction, default=False,
                    help="the agent's prompt keeps the cookbook's recipe once read (AgentConfig.keep_recipe)")
+    p.add_argument("--prompt-format", default=None, choices=list(DECISION_FORMATS),
+                   help="the model answers the agent's prompt trimmed to this format (AgentConfig.prompt_format; "
+                   "default: the whole prompt)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--name", default="", help="suffix of the result files")
     p.add_argument("--work-dir", type=Path, default=WORK)
@@ -181,7 +184,7 @@ def main() -> int:
     from hullft_agent.agents.textworld import AgentConfig
     from hullft_agent.agents.walkthroughs import expert_decision, walkthrough_states
     from hullft_agent.candidates import InMemoryCandidates
-    from hullft_agent.config import AdapterConfig, AdaptOverrides, DecisionFormat, FinetuneConfig, LearnFrom
+    from hullft_agent.config import AdapterConfig, AdaptOverrides, FinetuneConfig, LearnFrom
     from hullft_agent.embedding import Embedder
     from hullft_agent.envs.textworld import build_textworld_memory_with_summary, generate_games
     from hullft_agent.finetune import behaviour_cloning
@@ -203,7 +206,8 @@ def main() -> int:
     embedder = Embedder()
     finetune = FinetuneConfig(lr=args.lr, max_length=args.max_length)
     config = AdapterConfig(finetune=finetune)
-    prompts = AgentConfig(keep_recipe=args.recipe)  # the agent's prompt settings: the same for every condition
+    # the agent's prompt settings: the same for every condition
+    prompts = AgentConfig(keep_recipe=args.recipe, prompt_format=DECISION_FORMATS.get(args.prompt_format))
     rows = [expert_decision(prompts, s) for s in train_states]
     pool = InMemoryCandidates(
         [r["text"] for r in rows], embedder.encode([r["text"] for r in rows]),
@@ -223,16 +227,15 @@ def main() -> int:
     if "bc" in args.conditions:
         t0 = time.perf_counter()
         copy = load_model()  # BC trains its own copy: the adapter's model stays the base
-        fmt = DecisionFormat(system=FORMATS[args.formats[0]][0], history=FORMATS[args.formats[0]][1])
-        bc = behaviour_cloning(copy.model, copy.tokenizer, pool.rows, finetune, fmt=fmt, epochs=args.bc_epochs, seed=0)
+        bc = behaviour_cloning(copy.model, copy.tokenizer, pool.rows, finetune, fmt=DECISION_FORMATS[args.formats[0]],
+                               epochs=args.bc_epochs, seed=0)
         timings["bc_train_s"] = time.perf_counter() - t0
         results["bc"] = score_states(Runtime(bc.model, copy.tokenizer), prompts, test_states, None, False, "bc")
         report(args, results, timings, train_games, test_games, len(train_states), test_states, started)
     for method in (m for m in DECISION_METHODS if m in args.conditions):
         for name in args.formats:
-            system, history = FORMATS[name]
             overrides = AdaptOverrides(method=method, n=args.n, k=args.k, learn_from=LearnFrom(kinds=["decision"]),
-                                       decision_format=DecisionFormat(system=system, history=history))
+                                       decision_format=DECISION_FORMATS[name])
             label = method if len(args.formats) == 1 else f"{method}/{name}"
             results[label] = score_states(runtime, prompts, test_states, overrides, True, label)
             report(args, results, timings, train_games, test_games, len(train_states), test_states, started)

@@ -131,6 +131,16 @@ class DecisionFormat(StrictConfig):
     )
 
 
+#: Named decision formats (the benchmarks' --formats / --prompt-format): the whole prompt, no system turns,
+#: and no system turns with two earlier messages (one exchange) or none (the observation alone).
+DECISION_FORMATS: dict[str, DecisionFormat] = {
+    "full": DecisionFormat(),
+    "nosys": DecisionFormat(system=False),
+    "nosys-h1": DecisionFormat(system=False, history=2),
+    "nosys-h0": DecisionFormat(system=False, history=0),
+}
+
+
 class LearnFrom(StrictConfig):
     """Which memory rows adaptation may train on: the steps that worked, not everything ever done.
 

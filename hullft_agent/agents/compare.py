@@ -47,7 +47,7 @@ from hullft_agent.agents.textworld import (
     TextWorldAgent,
     action_bpb,
 )
-from hullft_agent.config import DecisionFormat, LearnFrom, StrictConfig
+from hullft_agent.config import DECISION_FORMATS, DecisionFormat, LearnFrom, StrictConfig
 from hullft_agent.errors import InvalidArgumentError
 from hullft_agent.evaluation.report import bootstrap_mean_ci
 from hullft_agent.runtime import DEFAULT_SCORING, Scoring, Strategy
@@ -59,18 +59,15 @@ logger = logging.getLogger(__name__)
 #: the experts' walkthroughs of the training games, then the agent's own won games.
 LEARN_FROM_WINS = LearnFrom(kinds=["decision"], outcomes=["won"])
 #: Training prompts without the system prompt and with two earlier messages (bench_decisions' format study).
-DECISION_FORMAT = DecisionFormat(system=False, history=2)
+DECISION_FORMAT = DECISION_FORMATS["nosys-h1"]
 MODES: dict[str, dict[str, Any]] = {
     "none": {"adapt": False},
     "per_query": {"method": "hullft", "mode": "per_query"},
     "per_task": {"method": "hullft", "mode": "per_task"},
     "knn": {"method": "knn", "mode": "per_query"},
-    "decisions": {"method": "hullft", "mode": "per_task", "learn_from": LEARN_FROM_WINS,
-                  "decision_format": DECISION_FORMAT},
-    "decisions_query": {"method": "hullft", "mode": "per_query", "learn_from": LEARN_FROM_WINS,
-                        "decision_format": DECISION_FORMAT},
-    "decisions_knn": {"method": "knn", "mode": "per_task", "learn_from": LEARN_FROM_WINS,
-                      "decision_format": DECISION_FORMAT},
+    "decisions": {"method": "hullft", "mode": "per_task", "learn_from": LEARN_FROM_WINS},
+    "decisions_query": {"method": "hullft", "mode": "per_query", "learn_from": LEARN_FROM_WINS},
+    "decisions_knn": {"method": "knn", "mode": "per_task", "learn_from": LEARN_FROM_WINS},
     # the agent plays unadapted, on a model trained once before the games (see run_comparison)
     "bc": {"adapt": False},
 }
@@ -113,6 +110,10 @@ class CompareConfig(StrictConfig):
     step_factor: float | None = Field(2.0, gt=0)
     history: int = Field(3, ge=0)
     keep_recipe: bool = Field(False, description="the agent's prompt keeps the cookbook's recipe once read")
+    prompt_format: DecisionFormat | None = Field(
+        None, description="the agent answers its prompt trimmed to this format, and the decision modes and bc train "
+        "in it (None: the agent answers the whole prompt, training uses DECISION_FORMAT)",
+    )
     strategy: Strategy = "loglik"
     scoring: Scoring = DEFAULT_SCORING
     temperature: float = Field(1.0, ge=0, description="command choice: 0 greedy, T > 0 drawn ∝ exp(score / T)")
@@ -136,6 +137,10 @@ class CompareConfig(StrictConfig):
             raise InvalidArgumentError(f"rooms must be 1, 6, 9 or 12, got {value}")
         return value
 
+    def training_format(self) -> DecisionFormat:
+        """How decision rows are rendered for training: as the agent is answered, when that is trimmed."""
+        return self.prompt_format or DECISION_FORMAT
+
     def cooking(self) -> Any:
         from hullft_agent.envs.textworld import CookingSettings
 
@@ -143,7 +148,8 @@ class CompareConfig(StrictConfig):
                                cook=self.cook, cut=self.cut, max_steps=self.max_steps)
 
     def agent(self) -> AgentConfig:
-        return AgentConfig(history=self.history, keep_recipe=self.keep_recipe, max_steps=self.max_steps,
+        return AgentConfig(history=self.history, keep_recipe=self.keep_recipe, prompt_format=self.prompt_format,
+                           max_steps=self.max_steps,
                            step_factor=self.step_factor, strategy=self.strategy, scoring=self.scoring,
                            temperature=self.temperature, seed=self.seed, avoid_repeats=self.avoid_repeats)
 
@@ -431,6 +437,7 @@ def run_comparison(
             options = dict(MODES[mode])
             if decisions:
                 options["finetune"] = adapter_config.finetune.model_copy(update={"max_length": config.decision_max_length})
+                options["decision_format"] = config.training_format()
             agent = TextWorldAgent(runtime, config.agent(), n=config.n, k=config.k, **options)
             episodes = result.episodes.setdefault(mode, [])
             for index, game in enumerate(games):
@@ -485,7 +492,7 @@ def _train_bc(model: Any, rows: list[dict[str, Any]], config: CompareConfig, res
     started = time.perf_counter()
     logger.info("bc: training one LoRA on %d decision rows, %d epochs", len(rows), config.bc_epochs)
     finetune = FinetuneConfig(lr=config.lr, max_length=config.decision_max_length, seed=config.seed)
-    bc = behaviour_cloning(copy.deepcopy(model.model), model.tokenizer, rows, finetune, fmt=DECISION_FORMAT,
+    bc = behaviour_cloning(copy.deepcopy(model.model), model.tokenizer, rows, finetune, fmt=config.training_format(),
                            epochs=config.bc_epochs, seed=config.seed)
     result.mode_setup["bc"] = {**bc.to_dict(), "seconds": time.perf_counter() - started}
     if not bc.train.ok:

@@ -31,7 +31,8 @@ from typing import Any
 
 from pydantic import Field
 
-from hullft_agent.config import AdaptOverrides, StrictConfig
+from hullft_agent.config import AdaptOverrides, DecisionFormat, StrictConfig
+from hullft_agent.decisions import trim_prompt
 from hullft_agent.errors import InvalidTypeError
 from hullft_agent.runtime import DEFAULT_SCORING, Call, Runtime, SamplingParams, Scoring, Strategy, lock_for
 from hullft_agent.runtime.prompt import ASSISTANT, SYSTEM, USER, Conversation
@@ -76,6 +77,10 @@ class AgentConfig(StrictConfig):
         False, description="once the cookbook is read, keep its recipe under every later observation (the last "
         "`history` steps forget it, and every later decision depends on it; off by default: SmolLM2-135M did not "
         "choose better with it, benchmarks/RESULTS.md)",
+    )
+    prompt_format: DecisionFormat | None = Field(
+        None, description="the model answers the prompt trimmed to this format (the one decision rows train in), so "
+        "it acts on what it was trained on; None: the whole prompt",
     )
     system_prompt: str = Field(SYSTEM_PROMPT, min_length=1)
     log: bool = Field(True, description="log every step to the runtime's memory")
@@ -202,6 +207,11 @@ def agent_prompt(config: AgentConfig, history: list[tuple[str, str]], observatio
     return out
 
 
+def act_prompt(config: AgentConfig, conversation: Conversation) -> Conversation:
+    """The prompt the model answers: `conversation` trimmed to `config.prompt_format` (None: all of it)."""
+    return conversation if config.prompt_format is None else trim_prompt(conversation, config.prompt_format)
+
+
 class TextWorldAgent:
     """Plays TextWorld games with a `Runtime`: adapt on memory, choose a command, log the step.
 
@@ -322,7 +332,7 @@ class TextWorldAgent:
         config = self.config
         conversation = self.conversation(history, observation, objective, admissible)
         call = Call(
-            conversation=conversation,
+            conversation=act_prompt(config, conversation),
             context=adaptation_context(conversation, config.context_messages),
             sampling=SamplingParams(
                 max_new_tokens=config.max_tokens, temperature=config.generate_temperature,

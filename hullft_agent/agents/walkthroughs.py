@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from hullft_agent.agents.textworld import AgentConfig, adaptation_context, agent_prompt
+from hullft_agent.agents.textworld import AgentConfig, act_prompt, adaptation_context, agent_prompt
 from hullft_agent.decisions import decision_step
 
 
@@ -70,13 +70,17 @@ def walkthrough_states(game_file: str | Path, *, answer: Literal["walkthrough", 
 
 
 def state_prompt(config: AgentConfig, state: WalkthroughState) -> list[dict[str, str]]:
-    """The chat prompt an agent with this configuration would send at this state."""
-    return agent_prompt(config, list(state.history), state.observation, state.objective, list(state.admissible))
+    """The chat prompt the model answers at this state (`act_prompt` of the agent's prompt)."""
+    return act_prompt(config, _whole_prompt(config, state))
 
 
 def state_context(config: AgentConfig, state: WalkthroughState) -> str:
-    """The adaptation context (and a decision row's state text) of this state."""
-    return adaptation_context(state_prompt(config, state), config.context_messages)
+    """The adaptation context (and a decision row's state text) of this state, from the whole prompt."""
+    return adaptation_context(_whole_prompt(config, state), config.context_messages)
+
+
+def _whole_prompt(config: AgentConfig, state: WalkthroughState) -> list[dict[str, str]]:
+    return agent_prompt(config, list(state.history), state.observation, state.objective, list(state.admissible))
 
 
 def expert_decision(config: AgentConfig, state: WalkthroughState) -> dict[str, Any]:

@@ -479,3 +479,28 @@ def test_avoid_repeats_never_offers_the_last_commands_again_unless_nothing_else_
     for i, choices in enumerate(offered):
         assert not set(actions[max(0, i - 2):i]) & set(choices), f"step {i} offered a command it just played"
     assert all(a != b for a, b in zip(actions, actions[1:], strict=False)), "a greedy agent no longer repeats itself"
+
+
+def test_prompt_format_trims_what_the_model_answers_but_not_the_adaptation_context(test_game, monkeypatch):
+    from hullft_agent.config import DECISION_FORMATS
+
+    runtime = make_runtime(None)
+    calls = []
+    real_choose = runtime.choose
+
+    def spy(call, choices, **kwargs):
+        calls.append(call)
+        return real_choose(call, choices, **kwargs)
+
+    monkeypatch.setattr(runtime, "choose", spy)
+    short = AgentConfig(max_steps=4, history=3, log=False, prompt_format=DECISION_FORMATS["nosys-h0"])
+    TextWorldAgent(runtime, short, adapt=False).play(test_game)
+    whole = AgentConfig(max_steps=4, history=3, log=False)
+    TextWorldAgent(runtime, whole, adapt=False).play(test_game)
+    trimmed, full = calls[:4], calls[4:8]
+    for step, (a, b) in enumerate(zip(trimmed, full, strict=True)):
+        assert [m["role"] for m in a.conversation] == ["user"], "nosys-h0: the observation alone"
+        assert a.conversation[0] == b.conversation[-2], "the same observation the whole prompt ends with"
+        assert a.context == b.context, "selection still sees the recent steps"
+        assert b.conversation[0]["role"] == "system" and len(b.conversation) == 3 + 2 * min(step, 3)
+    assert "\n" in full[-1].context, "the context of a later step holds earlier turns too"
