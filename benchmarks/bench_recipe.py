@@ -1,7 +1,6 @@
 """Does the model read the recipe? The choice a cooking game's recipe decides, with and without training.
 
-    python benchmarks/bench_recipe.py                                   # LoRA, 100 training games
-    python benchmarks/bench_recipe.py --method full --lr 3e-5 --name full
+    python benchmarks/bench_recipe.py --test-games 30                   # LoRA, 100 training games
 
 The decision agent loses its games at the steps the recipe decides: how to cut the ingredient (chop,
 dice or slice) and what to cook it with (oven for roast, stove for fry). Here each such walkthrough
@@ -14,7 +13,9 @@ training format (`--format`, the recipe after the observation, `AgentConfig.keep
 - `base`: the base model with the recipe;
 - `trained`: one model trained once (`--method lora|full`, `--epochs`, `--lr`) on the same choices of
   `--train-games` training games (the expert's command, loss on the command): the most favourable
-  offline teaching the recipe could get — hundreds of examples of exactly this choice.
+  offline teaching the recipe could get — hundreds of examples of exactly this choice;
+- `trained, whole prompt`: the same model answering the agent's whole prompt (system turns, earlier
+  steps, the admissible commands) instead of the format it was trained in.
 
 Reported: top-1 within the family (chance = 1 / family size; `majority` = always the training set's
 most common cut / appliance), with bootstrap 95% CIs, and how much the recipe moves the expert's
@@ -121,12 +122,13 @@ def main() -> int:
     loaded = load_model()
     tok = loaded.tokenizer
 
-    def score(model: Any, states: list[Any], with_recipe: bool, label: str) -> list[dict[str, Any]]:
+    def score(model: Any, states: list[Any], with_recipe: bool, label: str, whole: bool = False) -> list[dict]:
         rows = []
         for s in tqdm(states, desc=label, unit="state", file=sys.stderr):
-            messages = trim_prompt(state_prompt(agent, s), fmt)
-            if not with_recipe:
-                messages[-1] = {**messages[-1], "content": messages[-1]["content"].split("\n\nRecipe: ")[0]}
+            messages = state_prompt(agent, s) if whole else trim_prompt(state_prompt(agent, s), fmt)
+            if not with_recipe:  # the recipe follows the observation in the last user message
+                last = max(i for i, m in enumerate(messages) if m["role"] == "user")
+                messages[last] = {**messages[last], "content": messages[last]["content"].split("\n\nRecipe: ")[0]}
             options = family(s.expert, list(s.admissible))
             ids = tok(render_prompt(tok, messages), add_special_tokens=False)["input_ids"]
             encoded = [list(tok(c, add_special_tokens=False)["input_ids"]) + [tok.eos_token_id] for c in options]
@@ -146,6 +148,7 @@ def main() -> int:
                                 fmt=fmt, epochs=args.epochs, seed=0)
     training = {**trained.to_dict(), "seconds": time.perf_counter() - t0}
     results["trained"] = score(trained.model, test, True, "trained")
+    results["trained, whole prompt"] = score(trained.model, test, True, "trained, whole prompt", whole=True)
 
     def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {"states": len(rows)}

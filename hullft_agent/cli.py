@@ -315,8 +315,8 @@ def _add_demo_parser(sub: Any) -> None:
     )
     p.add_argument("--out", default="demo_output", help="report folder (default %(default)s)")
     p.add_argument("--modes", nargs="+", help="adaptation modes, among none, per_query, per_task, knn (transcript "
-                   "rows), decisions, decisions_query, decisions_knn (decision rows of won episodes) and bc (one LoRA trained "
-                   "offline on the expert decisions, then fixed)")
+                   "rows), decisions, decisions_query, decisions_knn (decision rows of won episodes), bc (one LoRA trained "
+                   "offline on the expert decisions, then fixed) and bc_decisions (bc, then adapted like decisions)")
     p.add_argument("--train-games", type=int, dest="train_games", help="training games whose episodes fill the memory")
     p.add_argument("--test-games", type=int, dest="test_games", help="held-out games played per mode")
     p.add_argument("--n", type=int, help="N, multiset size")

@@ -14,7 +14,9 @@ expert and exploring episodes of the training games, and lets a `TextWorldAgent`
   else equal);
 - `bc`: offline behaviour cloning, one LoRA trained once before the games on every decision row of
   the training memory (`hullft_agent.finetune.behaviour_cloning`), then fixed: no test-time
-  selection, so the report shows what selecting per step adds over training once.
+  selection, so the report shows what selecting per step adds over training once;
+- `bc_decisions`: both: the behaviour-cloned model (its LoRA merged into the weights) adapted per game
+  like `decisions`.
 
 Every mode starts from its own copy of the training memory and logs its own episodes into it, so
 later games can learn from earlier ones (continual learning) without one mode seeing another's
@@ -27,6 +29,7 @@ games played without adaptation are the control).
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
@@ -70,9 +73,15 @@ MODES: dict[str, dict[str, Any]] = {
     "decisions_knn": {"method": "knn", "mode": "per_task", "learn_from": LEARN_FROM_WINS},
     # the agent plays unadapted, on a model trained once before the games (see run_comparison)
     "bc": {"adapt": False},
+    # per_task decision HullFT on top of that model: trained once offline, then adapted per game
+    "bc_decisions": {"method": "hullft", "mode": "per_task", "learn_from": LEARN_FROM_WINS},
 }
+#: Modes that train on decision rows at test time.
+ADAPTING_DECISION_MODES = ("decisions", "decisions_query", "decisions_knn", "bc_decisions")
 #: Modes whose memory needs the training games' walkthrough decisions (decision rows, actor expert, won).
-DECISION_MODES = ("decisions", "decisions_query", "decisions_knn", "bc")
+DECISION_MODES = (*ADAPTING_DECISION_MODES, "bc")
+#: Modes that play on the behaviour-cloned model.
+BC_MODES = ("bc", "bc_decisions")
 MEMORY_NAMESPACE = "textworld"
 _BOOTSTRAP = 2000
 
@@ -400,7 +409,7 @@ def run_comparison(
         _add_expert_decisions(base, generate_games("train", config.train_games, settings, game_cache,
                                                    seed0=config.seed, progress=False), config)
     result.memory_rows = base.count()
-    bc_rows = _decision_rows(base) if "bc" in config.modes else []
+    bc_rows = _decision_rows(base) if set(BC_MODES) & set(config.modes) else []
     base.close()
     games = [*generate_games(config.split, config.test_games, settings, game_cache, seed0=config.seed,
                              progress=progress),
@@ -421,14 +430,19 @@ def run_comparison(
     results_file = out / "results.json"
     bc_name = Runtime(model).name  # the base model's name, as the other modes log it
     try:
-        bc_model = _train_bc(model, bc_rows, config, result) if "bc" in config.modes else None
+        bc_model = _train_bc(model, bc_rows, config, result) if bc_rows else None
         for mode in config.modes:
             mode_dir = memories / mode
             _fork_memory(base_dir, mode_dir)
             memory = TrajectoryMemory.open(mode_dir, embedder=embedder, namespace=MEMORY_NAMESPACE)
-            decisions = mode.startswith("decisions")
+            decisions = mode in ADAPTING_DECISION_MODES
             if mode == "bc":  # the behaviour-cloned copy answers, unadapted; its steps are logged like the others'
                 runtime = Runtime(bc_model, model.tokenizer, memory=memory, name=f"{bc_name}+bc")
+            elif mode == "bc_decisions":  # its own copy: the adapter wraps the model it is given in place
+                warm = TestTimeAdapter(copy.deepcopy(bc_model), model.tokenizer, embedder=embedder, source=memory,
+                                       config=adapter_config)
+                runtime = Runtime(adapter=warm, memory=memory, source=memory, log_decisions=True,
+                                  name=f"{bc_name}+bc")
             else:
                 if adapter is None:
                     adapter = TestTimeAdapter(model, embedder=embedder, source=memory, config=adapter_config)
@@ -481,9 +495,8 @@ def _decision_rows(memory: Any) -> list[dict[str, Any]]:
 
 
 def _train_bc(model: Any, rows: list[dict[str, Any]], config: CompareConfig, result: Comparison) -> Any:
-    """The `bc` mode's model: a copy of the base trained once on `rows` (the other modes keep the base weights)."""
-    import copy
-
+    """The `bc` modes' model: a copy of the base trained once on `rows`, its LoRA merged into the weights (the
+    other modes keep the base weights)."""
     from hullft_agent.config import FinetuneConfig
     from hullft_agent.finetune import behaviour_cloning
 
@@ -497,7 +510,7 @@ def _train_bc(model: Any, rows: list[dict[str, Any]], config: CompareConfig, res
     result.mode_setup["bc"] = {**bc.to_dict(), "seconds": time.perf_counter() - started}
     if not bc.train.ok:
         result.notes.append(f"bc: training stopped ({bc.train.stopped_reason}); bc played with the base model")
-    return bc.model
+    return bc.merged()
 
 
 def _add_expert_decisions(memory: Any, games: Sequence[Path], config: CompareConfig) -> None:

@@ -37,6 +37,12 @@ class BehaviourCloning:
     def model(self) -> Any:
         return self.session.model
 
+    def merged(self) -> Any:
+        """The trained model as a plain model (a LoRA folded into its weights), which a `TestTimeAdapter` can
+        adapt further at test time. The session is spent afterwards: use the returned model only."""
+        model = self.session.model
+        return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+
     def to_dict(self) -> dict[str, Any]:
         """The numbers a report needs (no tensors)."""
         losses = self.train.losses

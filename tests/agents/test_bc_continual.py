@@ -64,6 +64,20 @@ def test_behaviour_cloning_trains_every_row_each_epoch_and_raises_the_answers_pr
     assert numbers["steps"] == 6 and numbers["seconds"] >= numbers["train_s"] > 0 and numbers["first_loss"] > 0
 
 
+def test_merged_behaviour_cloning_answers_like_the_trained_adapter_as_a_plain_model():
+    base = build_tiny_model(len(TOKENIZER))
+    bc = behaviour_cloning(copy.deepcopy(base), TOKENIZER, rows(), FINETUNE, fmt=FMT, epochs=2, seed=0)
+    ids = encode_for_training(TOKENIZER, decision_instance(rows()[1], TOKENIZER, FMT), 64)["input_ids"]
+    with torch.no_grad():
+        trained, untrained = bc.model(input_ids=ids).logits, base(input_ids=ids).logits
+    plain = bc.merged()
+    assert not any("lora_" in name for name, _ in plain.named_parameters()), "the LoRA is folded into the weights"
+    with torch.no_grad():
+        merged = plain(input_ids=ids).logits
+    assert torch.allclose(merged, trained, atol=1e-4)
+    assert not torch.allclose(merged, untrained, atol=1e-2), "the training is kept, not dropped"
+
+
 def test_behaviour_cloning_is_seeded():
     def adapter(seed: int) -> dict[str, torch.Tensor]:
         bc = behaviour_cloning(build_tiny_model(len(TOKENIZER)), TOKENIZER, rows(), FINETUNE, fmt=FMT, epochs=2,
@@ -153,6 +167,7 @@ def test_the_report_shows_the_stream_and_plots_it(tmp_path):
 
 def test_bc_is_a_mode_with_its_own_settings():
     assert MODES["bc"] == {"adapt": False}
+    assert MODES["bc_decisions"] == {**MODES["decisions"]}, "bc_decisions adapts like decisions, on the bc model"
     assert CompareConfig(modes=["none", "bc"]).bc_epochs == 2
     with pytest.raises(ValidationError, match="unknown mode.*'bcx'.*'bc'"):
         CompareConfig(modes=["bcx"])

@@ -309,6 +309,26 @@ def test_decision_mode_learns_from_expert_decisions_and_logs_its_own(tmp_path, c
     assert prompt[0]["role"] == "system" and "Admissible commands" in prompt[-1]["content"]
 
 
+def test_bc_decisions_adapts_the_behaviour_cloned_model_in_the_agents_prompt_format(tmp_path, cache):
+    from hullft_agent.config import DECISION_FORMATS
+
+    config = CompareConfig(modes=["bc", "bc_decisions"], train_games=1, test_games=1, explore_episodes=0, n=4, k=20,
+                           lr=0.05, max_length=32, decision_max_length=48, max_steps=2, history=1,
+                           prompt_format=DECISION_FORMATS["nosys-h0"])
+    result = run_comparison(config, tmp_path / "out", model=tiny_loaded(), embedder=HashingEmbedder(DIM),
+                            game_cache=cache, progress=False)
+    bc, warm = result.episodes["bc"][0], result.episodes["bc_decisions"][0]
+    assert all(not s.adapted for s in bc.steps) and all(s.adapted and s.selected > 0 for s in warm.steps)
+    # the same model before adapting: bc and bc_decisions differ at the first state only by the adaptation
+    assert warm.steps[0].expert_bpb != pytest.approx(bc.steps[0].expert_bpb, rel=1e-6)
+    memory = TrajectoryMemory.open(tmp_path / "out" / "memory" / "bc_decisions", embedder=HashingEmbedder(DIM),
+                                   namespace="textworld")
+    rows = [json.loads(r["metadata"]) for r in memory.table.search().where("kind = 'decision'").limit(1000).to_list()]
+    own = [m for m in rows if m["actor"] == "agent"]
+    assert len(own) == len(warm.steps) and all([m["role"] for m in m_["prompt"]] == ["user"] for m_ in own), (
+        "the agent logs the prompt its model answered: the observation alone in nosys-h0")
+
+
 def test_bc_mode_trains_once_on_the_expert_decisions_then_plays_without_adapting(tmp_path, cache, monkeypatch):
     import hullft_agent.finetune as finetune_module
 
