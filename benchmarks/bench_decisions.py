@@ -15,7 +15,11 @@ is scored against each admissible command (`Runtime.choose`, sum of log-probabil
   `bc` mode), one LoRA trained once on every decision row of the training memory (answer loss,
   `--bc-epochs` epochs), no test-time adaptation;
 - `knn`, `sift`, `hullft`: decision-aware test-time adaptation, per state, on the N decision rows
-  (prompt -> expert command, loss on the command) each method selects for the state.
+  (prompt -> expert command, loss on the command) each method selects for the state;
+- `bc_hullft`: both: `hullft` on top of the `bc` model (its LoRA merged into the weights).
+
+`--prompt-format` trims the prompt the model answers (`AgentConfig.prompt_format`); give the training
+format the same name (`--formats`) and the model acts on exactly what it was trained on.
 
 The memory's decision rows are the walkthrough states of `--train-games` training games (actor
 expert, outcome won). Per condition: top-1 agreement with the expert, MRR, mean probability of the
@@ -44,7 +48,7 @@ from hullft_agent.config import DECISION_FORMATS  # noqa: E402  (light: pydantic
 RESULTS = ROOT / "benchmarks" / "results"
 WORK = Path("~/.cache/hullft-agent/bench_decisions").expanduser()
 DECISION_METHODS = ("hullft", "knn", "sift")
-CONDITIONS = ("base", "bc", *DECISION_METHODS, "transcripts")
+CONDITIONS = ("base", "bc", *DECISION_METHODS, "bc_hullft", "transcripts")
 
 
 def parse_args() -> argparse.Namespace:
@@ -224,13 +228,16 @@ def main() -> int:
     if "base" in args.conditions:
         results["base"] = score_states(runtime, prompts, test_states, None, False, "base")
         report(args, results, timings, train_games, test_games, len(train_states), test_states, started)
-    if "bc" in args.conditions:
+    bc_model = None
+    if {"bc", "bc_hullft"} & set(args.conditions):
         t0 = time.perf_counter()
         copy = load_model()  # BC trains its own copy: the adapter's model stays the base
         bc = behaviour_cloning(copy.model, copy.tokenizer, pool.rows, finetune, fmt=DECISION_FORMATS[args.formats[0]],
                                epochs=args.bc_epochs, seed=0)
         timings["bc_train_s"] = time.perf_counter() - t0
-        results["bc"] = score_states(Runtime(bc.model, copy.tokenizer), prompts, test_states, None, False, "bc")
+        bc_model = bc.merged()
+    if "bc" in args.conditions:
+        results["bc"] = score_states(Runtime(bc_model, loaded.tokenizer), prompts, test_states, None, False, "bc")
         report(args, results, timings, train_games, test_games, len(train_states), test_states, started)
     for method in (m for m in DECISION_METHODS if m in args.conditions):
         for name in args.formats:
@@ -239,6 +246,13 @@ def main() -> int:
             label = method if len(args.formats) == 1 else f"{method}/{name}"
             results[label] = score_states(runtime, prompts, test_states, overrides, True, label)
             report(args, results, timings, train_games, test_games, len(train_states), test_states, started)
+
+    if "bc_hullft" in args.conditions:  # test-time HullFT on top of the behaviour-cloned model
+        warm = TestTimeAdapter(bc_model, loaded.tokenizer, embedder=embedder, source=pool, config=config)
+        overrides = AdaptOverrides(method="hullft", n=args.n, k=args.k, learn_from=LearnFrom(kinds=["decision"]),
+                                   decision_format=DECISION_FORMATS[args.formats[0]])
+        results["bc_hullft"] = score_states(Runtime(adapter=warm), prompts, test_states, overrides, True, "bc_hullft")
+        report(args, results, timings, train_games, test_games, len(train_states), test_states, started)
 
     if "transcripts" in args.conditions:
         memory, _ = build_textworld_memory_with_summary(
