@@ -192,6 +192,10 @@ def test_bench_agent_harder_and_name_write_separate_files():
     config = bench.make_config(args)
     assert (config.recipe, config.take, config.rooms, config.modes, config.test_games) == (2, 2, 6, ["none", "bc"], 20)
     assert Path(bench.parse_args(["--name", "x", "--json", "/tmp/y.json"]).json) == Path("/tmp/y.json")
+    assert plain.prompt_format is None and bench.make_config(plain).prompt_format is None
+    short = bench.make_config(bench.parse_args(["--prompt-format", "nosys-h1", "--bc-epochs", "3"]))
+    assert short.prompt_format == DecisionFormat(system=False, history=2) == short.training_format()
+    assert short.agent().prompt_format == short.prompt_format and short.bc_epochs == 3
     with pytest.raises(ValidationError, match="unknown mode"):
         bench.make_config(bench.parse_args(["--modes", "none", "behaviour"]))
 
