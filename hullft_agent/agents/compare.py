@@ -89,7 +89,7 @@ _BOOTSTRAP = 2000
 class CompareConfig(StrictConfig):
     """Sizes and settings of a comparison; the defaults are the `make demo` run (the CLI's only source of them)."""
 
-    modes: list[str] = Field(default_factory=lambda: ["none", "decisions"], min_length=1)
+    modes: list[str] = Field(default_factory=lambda: ["none", "decisions", "bc_decisions"], min_length=1)
     train_games: int = Field(6, ge=1, description="training games whose episodes fill the memory")
     test_games: int = Field(3, ge=1, description="held-out games the agent plays per mode")
     split: Literal["valid", "test"] = Field("test", description="split of the played games (tune on 'valid')")
@@ -112,22 +112,22 @@ class CompareConfig(StrictConfig):
     )
     bc_epochs: int = Field(2, ge=1, description="bc: passes over the training memory's decision rows")
     expert_answers: Literal["walkthrough", "engine"] = Field(
-        "engine", description="the answer of a training game's walkthrough decision: the walkthrough's command, or "
-        "the engine's next winning command (which skips no-op moves, and also reading the cookbook)",
+        "walkthrough", description="the answer of a training game's walkthrough decision: the walkthrough's command "
+        "(it reads the cookbook), or the engine's next winning command (which skips no-op moves, and the cookbook)",
     )
     max_steps: int = Field(30, ge=1)
     step_factor: float | None = Field(2.0, gt=0)
     history: int = Field(3, ge=0)
-    keep_recipe: bool = Field(False, description="the agent's prompt keeps the cookbook's recipe once read")
+    keep_recipe: bool = Field(True, description="the agent's prompt keeps the cookbook's recipe once read")
     prompt_format: DecisionFormat | None = Field(
-        None, description="the agent answers its prompt trimmed to this format, and the decision modes and bc train "
-        "in it (None: the agent answers the whole prompt, training uses DECISION_FORMAT)",
+        DECISION_FORMAT, description="the agent answers its prompt trimmed to this format, and the decision modes and "
+        "bc train in it (None: the agent answers the whole prompt, training uses DECISION_FORMAT)",
     )
     strategy: Strategy = "loglik"
     scoring: Scoring = DEFAULT_SCORING
-    temperature: float = Field(1.0, ge=0, description="command choice: 0 greedy, T > 0 drawn ∝ exp(score / T)")
+    temperature: float = Field(0.0, ge=0, description="command choice: 0 greedy, T > 0 drawn ∝ exp(score / T)")
     seed: int = Field(0, ge=0)
-    avoid_repeats: int = Field(0, ge=0, description="the agent does not replay its last this many commands (0: off)")
+    avoid_repeats: int = Field(2, ge=0, description="the agent does not replay its last this many commands (0: off)")
 
     @field_validator("modes")
     @classmethod

@@ -306,7 +306,8 @@ def test_decision_mode_learns_from_expert_decisions_and_logs_its_own(tmp_path, c
     assert len(own) == len(steps), "the agent logged each of its decisions"
     assert all(r["outcome"] == result.episodes["decisions"][0].outcome for r in own)
     prompt = json.loads(own[0]["metadata"])["prompt"]
-    assert prompt[0]["role"] == "system" and "Admissible commands" in prompt[-1]["content"]
+    assert [m["role"] for m in prompt] == ["user"], "the first step's prompt as answered: nosys-h1, no earlier step"
+    assert config.training_format() == config.prompt_format, "the decisions train in the format the agent answers"
 
 
 def test_bc_decisions_adapts_the_behaviour_cloned_model_in_the_agents_prompt_format(tmp_path, cache):
@@ -479,7 +480,8 @@ def test_expert_decisions_answer_as_configured_and_show_the_recipe_once_read(tmp
     assert [m["answer"] for m in rows] == [s.expert for s in walkthrough_states(train_game, answer=answers)]
     assert ("examine cookbook" in [m["answer"] for m in rows]) == (answers == "walkthrough")
     read_at = next(i for i, s in enumerate(walkthrough_states(train_game)) if s.expert == "examine cookbook")
-    assert all(("Recipe: ingredients:" in m["prompt"][-2]["content"]) == (i > read_at + 1) for i, m in enumerate(rows))
+    observed = [[x for x in m["prompt"] if x["role"] == "user"][-1]["content"] for m in rows]
+    assert all(("Recipe: ingredients:" in text) == (i > read_at + 1) for i, text in enumerate(observed))
 
 
 def test_avoid_repeats_never_offers_the_last_commands_again_unless_nothing_else_is_left(test_game, monkeypatch):
