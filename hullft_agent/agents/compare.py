@@ -507,7 +507,8 @@ def _train_bc(model: Any, rows: list[dict[str, Any]], config: CompareConfig, res
     finetune = FinetuneConfig(lr=config.lr, max_length=config.decision_max_length, seed=config.seed)
     bc = behaviour_cloning(copy.deepcopy(model.model), model.tokenizer, rows, finetune, fmt=config.training_format(),
                            epochs=config.bc_epochs, seed=config.seed)
-    result.mode_setup["bc"] = {**bc.to_dict(), "seconds": time.perf_counter() - started}
+    setup = {**bc.to_dict(), "seconds": time.perf_counter() - started}
+    result.mode_setup.update({mode: setup for mode in BC_MODES if mode in config.modes})
     if not bc.train.ok:
         result.notes.append(f"bc: training stopped ({bc.train.stopped_reason}); bc played with the base model")
     return bc.merged()

@@ -206,6 +206,13 @@ def _choice_rule(c: CompareConfig) -> str:
     return f"Each step plays {how}, score = {c.scoring} of the command's token log-probabilities"
 
 
+def _format_name(fmt: Any) -> str:
+    """A decision format's name in `DECISION_FORMATS`, or its fields."""
+    from hullft_agent.config import DECISION_FORMATS
+
+    return next((name for name, known in DECISION_FORMATS.items() if known == fmt), repr(fmt))
+
+
 def write_report(result: Comparison) -> Path:
     """Write `report.md` (and the plots) into the comparison's folder; return the report's path."""
     plots = _plots(result)
@@ -219,18 +226,21 @@ def write_report(result: Comparison) -> Path:
         f"{', cut' if c.cut else ''}), memory of {result.memory_rows} window rows (w = {c.window}) from "
         f"{c.train_games} training games ({c.expert_episodes} expert + {c.explore_episodes} exploring episodes "
         f"each), then the agent's own episodes. {_choice_rule(c)}"
-        f"{'; the prompt keeps the recipe once read' if c.keep_recipe else ''}; expert decisions answer with the "
+        f"{'; the prompt keeps the recipe once read' if c.keep_recipe else ''}"
+        f"{'; the model answers the prompt trimmed to ' + _format_name(c.prompt_format) if c.prompt_format else ''}"
+        "; expert decisions answer with the "
         f"{c.expert_answers}'s command; "
         f"N = {c.n}, K = {c.k}, lr {c.lr}, sequences ≤ {c.max_length} tokens, at most {c.max_steps} commands "
         f"(and {c.step_factor}× the walkthrough). Wall time {result.seconds:.0f} s (setup {result.setup_s:.0f} s).",
         "",
     ]
-    if "bc" in result.mode_setup:
-        bc = result.mode_setup["bc"]
+    bc = result.mode_setup.get("bc") or result.mode_setup.get("bc_decisions")
+    if bc:
         lines += [f"`bc` is offline behaviour cloning: one LoRA trained once before the games on the {bc['rows']} "
                   f"decision rows of won episodes in the training memory ({bc['epochs']} epochs, {bc['steps']} Adam "
                   f"steps, loss on the command, training prompts ≤ {c.decision_max_length} tokens) in "
-                  f"{bc['seconds']:.0f} s, then fixed: no test-time selection.", ""]
+                  f"{bc['seconds']:.0f} s, then fixed: no test-time selection; `bc_decisions` adapts that model per "
+                  "game like `decisions`.", ""]
     if result.interrupted:
         lines += ["**Interrupted**: the tables hold the games that finished (and the interrupted one).", ""]
     lines += ["## Per game", "", "score/max in commands (outcome)", "", render_markdown(games_table(result)), "",

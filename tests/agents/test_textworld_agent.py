@@ -319,6 +319,8 @@ def test_bc_decisions_adapts_the_behaviour_cloned_model_in_the_agents_prompt_for
     result = run_comparison(config, tmp_path / "out", model=tiny_loaded(), embedder=HashingEmbedder(DIM),
                             game_cache=cache, progress=False)
     bc, warm = result.episodes["bc"][0], result.episodes["bc_decisions"][0]
+    assert result.mode_setup["bc_decisions"] == result.mode_setup["bc"], "one training, the setup of both modes"
+    assert "answers the prompt trimmed to nosys-h0" in (tmp_path / "out" / "report.md").read_text()
     assert all(not s.adapted for s in bc.steps) and all(s.adapted and s.selected > 0 for s in warm.steps)
     # the same model before adapting: bc and bc_decisions differ at the first state only by the adaptation
     assert warm.steps[0].expert_bpb != pytest.approx(bc.steps[0].expert_bpb, rel=1e-6)
