@@ -48,6 +48,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from hullft_agent.config import DECISION_FORMATS  # noqa: E402  (light: pydantic only)
+
 RESULTS = ROOT / "benchmarks" / "results"
 WORK = Path("~/.cache/hullft-agent/bench_agent").expanduser()
 
@@ -115,7 +117,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the agent does not replay its last this many commands (AgentConfig.avoid_repeats)")
     parser.add_argument("--recipe", action=argparse.BooleanOptionalAction, default=False,
                         help="the agent's prompt keeps the cookbook's recipe once read (AgentConfig.keep_recipe)")
-    parser.add_argument("--prompt-format", default=None, choices=["full", "nosys", "nosys-h1", "nosys-h0"],
+    parser.add_argument("--prompt-format", default=None, choices=list(DECISION_FORMATS),
                         help="the agent answers its prompt trimmed to this format, and decision modes and bc train in "
                         "it (CompareConfig.prompt_format; default: the whole prompt)")
     parser.add_argument("--bc-epochs", type=int, default=2, help="bc: passes over the training decisions")
@@ -138,7 +140,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def make_config(args: argparse.Namespace) -> Any:
     """The comparison's settings from the flags (`--harder`: recipe 2, take 2, 6 rooms)."""
     from hullft_agent.agents import CompareConfig
-    from hullft_agent.config import DECISION_FORMATS
 
     harder = {"recipe": 2, "take": 2, "rooms": 6} if args.harder else {}
     return CompareConfig(modes=args.modes, train_games=args.train_games, test_games=args.test_games, n=args.n,

@@ -14,6 +14,7 @@ from hullft_agent.agents.compare import (
     continual_summary,
     mode_totals,
 )
+from hullft_agent.config import DECISION_FORMATS
 
 # ---------------------------------------------------------------------------------------- tables
 
@@ -208,8 +209,6 @@ def _choice_rule(c: CompareConfig) -> str:
 
 def _format_name(fmt: Any) -> str:
     """A decision format's name in `DECISION_FORMATS`, or its fields."""
-    from hullft_agent.config import DECISION_FORMATS
-
     return next((name for name, known in DECISION_FORMATS.items() if known == fmt), repr(fmt))
 
 
