@@ -121,6 +121,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the agent answers its prompt trimmed to this format, and decision modes and bc train in "
                         "it (CompareConfig.prompt_format; default: the whole prompt)")
     parser.add_argument("--bc-epochs", type=int, default=2, help="bc: passes over the training decisions")
+    parser.add_argument("--lora-layers", type=int, default=None,
+                        help="test-time LoRA on the last this many transformer blocks (default: all)")
+    parser.add_argument("--max-instances", type=int, default=None,
+                        help="adapting modes train at most this many instances per command (default: all selected)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--work-dir", default=None,
                         help=f"memories, running results and the report (default {WORK}/<suffix or 'default'>)")
@@ -146,7 +150,8 @@ def make_config(args: argparse.Namespace) -> Any:
                          k=args.k, lr=args.lr, max_steps=args.max_steps, temperature=args.temperature,
                          seed=args.seed, keep_recipe=args.recipe, split=args.split,
                          expert_answers=args.expert_answers, avoid_repeats=args.avoid_repeats,
-                         prompt_format=DECISION_FORMATS.get(args.prompt_format), bc_epochs=args.bc_epochs, **harder)
+                         prompt_format=DECISION_FORMATS.get(args.prompt_format), bc_epochs=args.bc_epochs,
+                         lora_layers=args.lora_layers, max_instances=args.max_instances, **harder)
 
 
 def main() -> int:

@@ -51,6 +51,7 @@ class AdaptationReport(BaseModel):
         default_factory=list,
         description="instances of each selected row trained by this call (= counts, except per_task incremental)",
     )
+    deferred: int = Field(0, description="selected instances this call left untrained to keep within max_instances")
     task_steps: int = Field(0, description="per_task: instances the task's adapter has been trained on so far")
     decisions: int = Field(0, description="selected rows that are decisions (trained prompt -> answer)")
     excluded: dict[str, str] = Field(default_factory=dict, description="selected rows left out of training, and why")
@@ -388,6 +389,10 @@ class TestTimeAdapter:
             report.excluded = {report.selected_ids[j]: why for j, why in excluded.items()}
             train = [0 if j in excluded else c for j, c in enumerate(train)]
             logger.warning("adapt: %d selected row(s) left out of training: %s", len(excluded), report.excluded)
+        if config.max_instances is not None:
+            wanted = sum(train)
+            train = _within_budget(train, report.weights, config.max_instances)
+            report.deferred = wanted - sum(train)
         t0 = time.perf_counter()
         result = train_multiset(self.session, instances, train, config.finetune, on_step)
         timings["finetune"] = time.perf_counter() - t0
@@ -436,6 +441,17 @@ class TestTimeAdapter:
     def score(self, texts: list[str], **kwargs: Any) -> BPBResult:
         """Bits-per-byte of `texts` under the model as it is now (adapted or not)."""
         return score_texts(self.model, self.tokenizer, texts, **kwargs)
+
+
+def _within_budget(train: list[int], weights: list[float], budget: int) -> list[int]:
+    """`train` cut to at most `budget` instances, the rows of largest selection weight first (ties: selection order)."""
+    kept = [0] * len(train)
+    for j in sorted(range(len(train)), key=lambda j: -weights[j]):
+        kept[j] = min(train[j], budget)
+        budget -= kept[j]
+        if budget == 0:
+            break
+    return kept
 
 
 def _maybe_float(value: Any) -> float | None:

@@ -102,6 +102,10 @@ class LoRAConfig(StrictConfig):
     alpha: float = Field(16.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: list(LLAMA_TARGET_MODULES), min_length=1)
+    layers: int | None = Field(
+        None, ge=1, description="adapt only the last this many transformer blocks (None: all): the backward pass "
+        "stops below them, so each step costs less (8 of SmolLM2-135M's 30: half the time of a step)",
+    )
 
 
 class FinetuneConfig(StrictConfig):
@@ -190,6 +194,11 @@ class AdapterConfig(StrictConfig):
         description="per_task only: train just the part of each selected multiset the task's adapter has not "
         "been trained on yet (a per-task ledger memory id -> instances trained); per_query ignores it",
     )
+    max_instances: int | None = Field(
+        None, ge=1, description="train at most this many instances per call, the selection's heaviest rows first "
+        "(None: all): bounds what adapting adds to each call; with per_task + incremental the rows left out are "
+        "trained by later calls that select them again",
+    )
 
     @field_validator("adapter_dir")
     @classmethod
@@ -212,6 +221,7 @@ class AdaptOverrides(StrictConfig):
     mode: AdaptMode | None = None
     same_task_only: bool | None = None
     incremental: bool | None = None
+    max_instances: int | None = Field(None, ge=1, description="training budget of this call, in instances")
     learn_from: LearnFrom | None = None
     decision_format: DecisionFormat | None = None
     finetune: FinetuneConfig | None = Field(
@@ -226,8 +236,8 @@ class AdaptOverrides(StrictConfig):
             return config
         selection = {name: given[key] for key, name in (("method", "method"), ("n", "n"), ("k", "k")) if key in given}
         finetune = {name: given[name] for name in ("lr", "refresh_interval") if name in given}
-        top = {name: getattr(self, name) for name in ("mode", "same_task_only", "incremental", "learn_from",
-                                                     "decision_format")
+        top = {name: getattr(self, name) for name in ("mode", "same_task_only", "incremental", "max_instances",
+                                                     "learn_from", "decision_format")
                if name in given}
         stage = self.finetune if self.finetune is not None else config.finetune
         return config.model_copy(update={

@@ -106,6 +106,10 @@ class CompareConfig(StrictConfig):
     n: int = Field(6, ge=1, description="N: instances in each selected multiset")
     k: int = Field(100, ge=1, description="K: candidate pool per adaptation")
     lr: float = Field(1e-3, gt=0)
+    lora_layers: int | None = Field(None, ge=1, description="test-time LoRA on the last this many blocks (None: all)")
+    max_instances: int | None = Field(
+        None, ge=1, description="adapting modes train at most this many instances per command (None: all selected)"
+    )
     max_length: int = Field(128, ge=8, description="training sequences are cut to this many tokens")
     decision_max_length: int = Field(
         384, ge=8, description="decision modes and bc: training prompts are cut (oldest tokens first) to this many tokens"
@@ -383,7 +387,7 @@ def run_comparison(
     from tqdm.auto import tqdm
 
     from hullft_agent.adapter import TestTimeAdapter
-    from hullft_agent.config import AdapterConfig, FinetuneConfig, SelectionConfig
+    from hullft_agent.config import AdapterConfig, FinetuneConfig, LoRAConfig, SelectionConfig
     from hullft_agent.envs.textworld import build_textworld_memory_with_summary, generate_games
     from hullft_agent.memory import TrajectoryMemory
     from hullft_agent.runtime import Runtime
@@ -420,8 +424,10 @@ def run_comparison(
         model = load_model()
     adapter_config = AdapterConfig(
         selection=SelectionConfig(method="hullft", n=config.n, k=config.k),
-        finetune=FinetuneConfig(lr=config.lr, max_length=config.max_length, seed=config.seed),
+        finetune=FinetuneConfig(lr=config.lr, max_length=config.max_length, seed=config.seed,
+                                lora=LoRAConfig(layers=config.lora_layers)),
         incremental=True,
+        max_instances=config.max_instances,
     )
     adapter: TestTimeAdapter | None = None
     result.setup_s = time.perf_counter() - started

@@ -229,7 +229,10 @@ def write_report(result: Comparison) -> Path:
         f"{'; the model answers the prompt trimmed to ' + _format_name(c.prompt_format) if c.prompt_format else ''}"
         "; expert decisions answer with the "
         f"{c.expert_answers}'s command; "
-        f"N = {c.n}, K = {c.k}, lr {c.lr}, sequences ≤ {c.max_length} tokens, at most {c.max_steps} commands "
+        f"N = {c.n}, K = {c.k}, lr {c.lr}, sequences ≤ {c.max_length} tokens"
+        f"{f', test-time LoRA on the last {c.lora_layers} blocks' if c.lora_layers else ''}"
+        f"{f', at most {c.max_instances} instances trained per command' if c.max_instances else ''}, "
+        f"at most {c.max_steps} commands "
         f"(and {c.step_factor}× the walkthrough). Wall time {result.seconds:.0f} s (setup {result.setup_s:.0f} s).",
         "",
     ]

@@ -163,6 +163,7 @@ class LoRASession(FinetuneSession):
             lora_alpha=lora.alpha,
             lora_dropout=lora.dropout,
             target_modules=list(lora.target_modules),
+            layers_to_transform=_last_layers(model, lora.layers),
             bias="none",
             task_type=TaskType.CAUSAL_LM,
         )
@@ -258,6 +259,19 @@ def _check_targets(model: nn.Module, targets: list[str]) -> None:
             f"LoRA target module(s) {missing} match no module of {type(model).__name__}; "
             f"its linear modules are {linear}"
         )
+
+
+def _last_layers(model: nn.Module, layers: int | None) -> list[int] | None:
+    """Indices of the model's last `layers` transformer blocks (None: every block)."""
+    if layers is None:
+        return None
+    total = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    if not isinstance(total, int):
+        raise InvalidArgumentError(f"lora.layers needs a model whose config names num_hidden_layers; "
+                                   f"{type(model).__name__} has none")
+    if layers > total:
+        raise InvalidArgumentError(f"lora.layers is {layers} but the model has {total} transformer blocks")
+    return list(range(total - layers, total))
 
 
 def _preview(items: list[str], limit: int = 5) -> str:

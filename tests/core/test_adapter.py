@@ -329,6 +329,22 @@ def test_per_task_incremental_trains_only_what_the_task_adapter_lacks(tiny_model
     assert other.task_steps == 4 + sum(expected)
 
 
+def test_max_instances_trains_the_heaviest_rows_and_per_task_catches_up(tiny_model, tiny_tokenizer):
+    config = incremental_config(n=5).model_copy(update={"max_instances": 2})
+    adapter = make_adapter(tiny_model, tiny_tokenizer, config=config)
+    first = adapter.adapt("cook the potato on the stove", task="game-a")
+    assert sum(first.trained_counts) == first.steps == 2 and first.deferred == sum(first.counts) - 2
+    rows = list(zip(first.trained_counts, first.counts, first.weights, strict=True))
+    assert min(w for t, _, w in rows if t) >= max(w for t, c, w in rows if t < c)  # the heaviest rows went first
+    second = adapter.adapt("cook the potato on the stove", task="game-a")  # the same selection: the rest, 2 more
+    assert second.steps == 2 and second.task_steps == 4
+    while (report := adapter.adapt("cook the potato on the stove", task="game-a")).steps:
+        assert report.steps <= 2
+    assert report.deferred == 0 and report.task_steps == sum(first.counts)  # caught up with the whole multiset
+    per_query = adapter.adapt("cook the potato", overrides={"mode": "per_query", "max_instances": 1})
+    assert per_query.steps == 1 and per_query.deferred == sum(per_query.counts) - 1
+
+
 def test_incremental_ledgers_are_per_task_and_per_query_ignores_them(tiny_model, tiny_tokenizer):
     adapter = make_adapter(tiny_model, tiny_tokenizer, config=incremental_config())
     adapter.adapt("cook the potato", task="game-a")

@@ -193,6 +193,25 @@ def test_unknown_target_modules_raise_a_clear_error(tiny_model, tiny_tokenizer):
     assert "c_attn" in str(info.value).split("linear modules")[0]
 
 
+def test_lora_layers_adapt_only_the_last_blocks(tiny_model, tiny_tokenizer):
+    enc = encode_for_training(tiny_tokenizer, PROBE, max_length=48)
+    with torch.no_grad():
+        base = tiny_model(input_ids=enc["input_ids"], output_hidden_states=True)
+    session = LoRASession(tiny_model, tiny_tokenizer, LoRAConfig(r=4, layers=1))
+    names = list(session.named_trainable_parameters())
+    assert names and all(".layers.1." in name for name in names)  # the tiny model has blocks 0 and 1
+    assert train_multiset(session, TEXTS, [1, 1, 1], _cfg()).ok
+    with torch.no_grad():
+        after = session.model(input_ids=enc["input_ids"], output_hidden_states=True)
+    assert torch.equal(base.hidden_states[1], after.hidden_states[1])  # block 0 computes as before
+    assert not torch.equal(base.logits, after.logits)
+
+
+def test_lora_layers_beyond_the_model_raise(tiny_model, tiny_tokenizer):
+    with pytest.raises(ValueError, match="lora.layers is 3 but the model has 2 transformer blocks"):
+        LoRASession(tiny_model, tiny_tokenizer, LoRAConfig(layers=3))
+
+
 def test_full_session_reset_and_disabled(tiny_model, tiny_tokenizer):
     base = _logits(tiny_model, tiny_tokenizer)
     session = create_session(tiny_model, tiny_tokenizer, _cfg(method="full", lr=1e-3))
