@@ -16,6 +16,7 @@ from hullft_agent.config import (
     PACKAGED_LLM,
     AdapterConfig,
     FinetuneConfig,
+    LoRAConfig,
     ModelConfig,
     SelectionConfig,
 )
@@ -88,8 +89,9 @@ def _adapter_config(args: argparse.Namespace) -> AdapterConfig:
         lr=getattr(args, "lr", FinetuneConfig().lr),
         refresh_interval=getattr(args, "r", 2),
         max_length=getattr(args, "max_length", 256),
+        lora=LoRAConfig(layers=getattr(args, "lora_layers", None)),
     )
-    return AdapterConfig(selection=selection, finetune=finetune)
+    return AdapterConfig(selection=selection, finetune=finetune, max_instances=getattr(args, "max_instances", None))
 
 
 def _load_embedder(args: argparse.Namespace):
@@ -299,6 +301,10 @@ def _add_selection_args(parser: argparse.ArgumentParser, *, training: bool) -> N
         parser.add_argument("--lr", type=float, default=ft.lr)
         parser.add_argument("--r", type=int, default=ft.refresh_interval, help="gradient refresh interval")
         parser.add_argument("--max-length", type=int, default=ft.max_length, dest="max_length")
+        parser.add_argument("--lora-layers", type=int, default=None, dest="lora_layers",
+                            help="LoRA on the last this many transformer blocks only: cheaper steps (default: all)")
+        parser.add_argument("--max-instances", type=int, default=None, dest="max_instances",
+                            help="train at most this many instances per call, heaviest first (default: all selected)")
 
 
 def _add_demo_parser(sub: Any) -> None:
@@ -324,6 +330,8 @@ def _add_demo_parser(sub: Any) -> None:
     p.add_argument("--lr", type=float, help="LoRA learning rate")
     p.add_argument("--max-steps", type=int, dest="max_steps", help="commands per game at most")
     p.add_argument("--max-length", type=int, dest="max_length", help="training tokens per sequence")
+    p.add_argument("--lora-layers", type=int, dest="lora_layers", help="test-time LoRA on the last this many blocks")
+    p.add_argument("--max-instances", type=int, dest="max_instances", help="instances trained per command at most")
     p.add_argument("--history", type=int, help="earlier steps shown in the prompt")
     p.add_argument("--strategy", help="loglik (rank the admissible commands) or generate (write one)")
     p.add_argument("--scoring", help="sum or mean of the command's token log-probabilities")

@@ -39,13 +39,15 @@ class HullftOptions(BaseModel):
     refresh_interval: int | None = Field(None, ge=1)
     mode: AdaptMode | None = None
     same_task_only: bool | None = None
+    max_instances: int | None = Field(None, ge=1)
     task: str | None = Field(None, min_length=1, max_length=256)
     episode_id: str | None = Field(None, min_length=1, max_length=256)
 
     def overrides(self, *, anonymous: bool) -> AdaptOverrides | None:
         """The adapter overrides; a request with no session or task adapts per_query unless it asks otherwise
         (anonymous requests share no adapter)."""
-        given = self.model_dump(include={"method", "n", "k", "lr", "refresh_interval", "mode", "same_task_only"},
+        given = self.model_dump(include={"method", "n", "k", "lr", "refresh_interval", "mode", "same_task_only",
+                                         "max_instances"},
                                 exclude_none=True)
         if anonymous:
             given.setdefault("mode", "per_query")

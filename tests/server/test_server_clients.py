@@ -111,3 +111,12 @@ def test_api_keys_scope_namespaces_and_sessions(serve):
     assert stats["namespace"] == "bob" and "s1" in stats["sessions"]
     gone = httpx.delete(server.base_url + "/memory/episodes/s1", headers=headers, timeout=10).json()
     assert gone["deleted"] == len(b["logged_ids"]) and memory.count("alice", episode_id="s1") == len(a["logged_ids"])
+
+
+def test_a_request_can_bound_its_training(serve):
+    server = serve()
+    response = client(server).chat.completions.create(
+        model=MODEL, messages=ASK, temperature=0, max_tokens=4, user="budget",
+        extra_body={"hullft": {"n": 4, "max_instances": 1}})
+    adaptation = response.model_extra["hullft"]["adaptation"]
+    assert adaptation["steps"] == 1 and adaptation["deferred"] == sum(adaptation["counts"]) - 1 == 3
