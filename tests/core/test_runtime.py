@@ -68,6 +68,32 @@ def test_choose_logs_a_decision_row_that_later_calls_learn_from(tiny_model, tiny
     assert learned.report.selected_ids == [decision["id"]] and learned.report.decisions == 1
 
 
+def test_a_prompt_format_answers_and_logs_the_trimmed_prompt(tiny_model, tiny_tokenizer, memory):
+    whole = [SYSTEM, {"role": "user", "content": "a kitchen"}, {"role": "assistant", "content": "look"},
+             {"role": "user", "content": "the fridge is closed"}, {"role": "system", "content": "open; west"}]
+    trimmed = [{"role": "user", "content": "the fridge is closed"}]  # nosys-h0: no system turns, no history
+    rt = runtime(tiny_model, tiny_tokenizer, memory, log_decisions=True, prompt_format="nosys-h0")
+    assert rt.answered_prompt(whole) == trimmed
+
+    def ask(runtime_: Runtime, conversation: list[dict[str, str]]):
+        return runtime_.choose(Call(conversation=conversation, context="the fridge is closed", adapt=False),
+                               ["open the fridge", "go west"])
+
+    answered, plain = ask(rt, whole), ask(Runtime(adapter=rt.adapter), trimmed)
+    assert answered.scores == plain.scores and answered.call.prompt_tokens == plain.call.prompt_tokens
+    assert answered.call.prompt_tokens < ask(Runtime(adapter=rt.adapter), whole).call.prompt_tokens
+    decision = next(r for r in memory.get(answered.call.logged_ids) if r["kind"] == "decision")
+    assert decision["metadata"]["prompt"] == trimmed, "the decision row keeps the prompt the model answered"
+
+
+def test_bad_prompt_formats_are_refused(tiny_model, tiny_tokenizer):
+    with pytest.raises(ValueError, match="unknown decision format 'short'.*nosys-h1"):
+        Runtime(tiny_model, tiny_tokenizer, prompt_format="short")
+    rt = Runtime(tiny_model, tiny_tokenizer, prompt_format="nosys")
+    with pytest.raises(ValueError, match="leaves no message"):
+        rt.generate(Call(conversation=[SYSTEM], context="x", adapt=False, log=False))
+
+
 def test_adapt_false_and_failures_answer_with_the_base_model(tiny_model, tiny_tokenizer, memory, monkeypatch):
     rt = runtime(tiny_model, tiny_tokenizer, memory)
     off = rt.generate(call("the fridge is closed", adapt=False, log=False))

@@ -260,6 +260,19 @@ def test_decisions_are_logged_and_later_calls_learn_only_from_won_episodes(memor
     assert not report.excluded
 
 
+def test_a_prompt_format_answers_and_logs_the_trimmed_messages(memory):
+    whole = [SystemMessage("cook"), HumanMessage("a kitchen"), AIMessage("look"), HumanMessage(QUESTION)]
+    trimmed = [HumanMessage(QUESTION)]  # nosys-h0: no system prompt, no earlier messages
+    chat = make_chat(memory, log_decisions=True, prompt_format="nosys-h0")
+    answered = chat.invoke(whole, adapt=False, episode_id="run-f")
+    plain = make_chat(memory).invoke(trimmed, adapt=False, log=False)  # same weights and seed
+    assert answered.content == plain.content and answered.usage_metadata == plain.usage_metadata
+    rows = [r for r in memory.get(answered.response_metadata["hullft"]["logged_ids"]) if r["kind"] == "decision"]
+    assert rows[0]["metadata"]["prompt"] == [{"role": "user", "content": QUESTION}]
+    with pytest.raises(ValueError, match="unknown decision format"):
+        make_chat(memory, prompt_format="shortest")
+
+
 def test_per_task_mode_keeps_each_tasks_adapter(memory):
     chat = make_chat(memory, config=adapter_config(mode="per_task"))
     base_logits = probe(chat)

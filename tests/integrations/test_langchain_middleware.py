@@ -153,6 +153,14 @@ def test_the_middleware_logs_each_answer_as_a_decision(memory):
     assert meta["actor"] == "agent" and meta["answer"] and meta["prompt"][-1]["content"] == "where is the potato?"
 
 
+def test_the_middleware_logs_the_prompt_the_model_answered(memory):
+    chat = make_chat(memory, prompt_format="nosys-h0")
+    agent = create_agent(chat, tools=[], system_prompt="You cook.", middleware=[HullFTMiddleware(log_decisions=True)])
+    agent.invoke({"messages": [HumanMessage("where is the potato?")]}, {"configurable": {"thread_id": "t-fmt"}})
+    decision = next(r for r in rows_of(memory, "t-fmt") if r["kind"] == "decision")
+    assert json.loads(decision["metadata"])["prompt"] == [{"role": "user", "content": "where is the potato?"}]
+
+
 def test_logging_can_be_turned_off_and_adapt_off(memory, monkeypatch):
     chat = make_chat(memory)
     calls = count_adaptations(chat, monkeypatch)

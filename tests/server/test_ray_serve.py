@@ -25,7 +25,13 @@ from hullft_server.ray_serve import (  # noqa: E402
 )
 from ray_tiny import DIM, MODEL  # noqa: E402
 
-from hullft_agent.config import AdapterConfig, FinetuneConfig, LoRAConfig, SelectionConfig  # noqa: E402
+from hullft_agent.config import (  # noqa: E402
+    DECISION_FORMATS,
+    AdapterConfig,
+    FinetuneConfig,
+    LoRAConfig,
+    SelectionConfig,
+)
 from hullft_agent.memory import TrajectoryMemory  # noqa: E402
 from hullft_agent.memory.testing import HashingEmbedder  # noqa: E402
 
@@ -46,6 +52,12 @@ def seed(memory: TrajectoryMemory) -> None:
 
 
 # ---------------------------------------------------------------------------- in one process, no Ray
+def test_a_spec_takes_a_prompt_format_by_name():
+    assert RayServeSpec(prompt_format="nosys-h1").prompt_format == DECISION_FORMATS["nosys-h1"]
+    with pytest.raises(ValueError, match="unknown decision format"):
+        RayServeSpec(prompt_format="short")
+
+
 @pytest.mark.asyncio
 async def test_router_checks_the_routing_header_and_an_evicted_session_continues_from_adapter_dir(tmp_path):
     spec = RayServeSpec(builder="ray_tiny:tiny_runtime", memory=str(tmp_path / "mem"),

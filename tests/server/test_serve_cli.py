@@ -10,7 +10,10 @@ from pathlib import Path
 
 import httpx
 import openai
+import pytest
 
+from hullft_agent.cli import build_parser
+from hullft_agent.config import DECISION_FORMATS, AdapterConfig
 from hullft_agent.embedding import Embedder
 from hullft_agent.memory import TrajectoryMemory
 
@@ -52,3 +55,14 @@ def test_serve_command_answers_adapted_with_the_packaged_model(tmp_path):
         output = proc.communicate(timeout=60)[0]
     assert "hullft-agent serve: model 'smollm2-135m-instruct', adapting" in output, output
     assert TrajectoryMemory.open(tmp_path / "mem", create=False).count(episode_id="e2e") == 2
+
+
+def test_serve_answers_in_the_prompt_format_it_is_given():
+    from hullft_server.run import build_runtime
+
+    runtime = build_runtime(build_parser().parse_args(["serve", "--no-adapt", "--prompt-format", "nosys-h1"]),
+                            AdapterConfig())
+    assert runtime.prompt_format == DECISION_FORMATS["nosys-h1"]
+    assert build_runtime(build_parser().parse_args(["serve", "--no-adapt"]), AdapterConfig()).prompt_format is None
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--prompt-format", "short"])
