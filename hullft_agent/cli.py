@@ -16,6 +16,7 @@ from hullft_agent.config import (
     PACKAGED_LLM,
     AdapterConfig,
     FinetuneConfig,
+    LearnFrom,
     LoRAConfig,
     ModelConfig,
     SelectionConfig,
@@ -246,8 +247,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """The OpenAI-compatible server (an application: imported only when this command runs)."""
     from hullft_server.run import serve
 
-    config = _adapter_config(args).model_copy(update={"mode": args.mode, "adapter_dir": args.adapter_dir})
-    return serve(args, AdapterConfig.model_validate(config.model_dump()))
+    return serve(args, serve_adapter_config(args))
+
+
+def serve_adapter_config(args: argparse.Namespace) -> AdapterConfig:
+    """The server's adapter settings from its flags (selection, LoRA, mode, adapter dir, which rows to learn from)."""
+    learn = {name: value for name, value in (("kinds", args.learn_kinds), ("outcomes", args.learn_outcomes),
+                                             ("min_reward", args.learn_min_reward)) if value is not None}
+    config = _adapter_config(args).model_copy(update={"mode": args.mode, "adapter_dir": args.adapter_dir,
+                                                      "learn_from": LearnFrom(**learn) if learn else None})
+    return AdapterConfig.model_validate(config.model_dump())
 
 
 def _version(name: str) -> str:

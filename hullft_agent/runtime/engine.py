@@ -146,8 +146,10 @@ class NamespacedSource:
         self._memory = memory
         self._namespace = namespace
 
-    def candidates(self, vector: Any, k: int, *, task: str | None = None, exclude_episode: str | None = None) -> Any:
-        return self._memory.candidates(vector, k, task=task, exclude_episode=exclude_episode, namespace=self._namespace)
+    def candidates(self, vector: Any, k: int, *, task: str | None = None, exclude_episode: str | None = None,
+                   learn_from: Any = None) -> Any:
+        return self._memory.candidates(vector, k, task=task, exclude_episode=exclude_episode, namespace=self._namespace,
+                                       learn_from=learn_from)
 
 
 def skipped_report(reason: str, *, method: str = "none", mode: str = "per_query", task: str | None = None,

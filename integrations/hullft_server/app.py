@@ -63,6 +63,15 @@ class MemorySearch(BaseModel):
     task: str | None = Field(None, min_length=1, max_length=256)
 
 
+class EpisodeEnd(BaseModel):
+    """How an episode (a session) ended: what `learn_from` outcomes and min_reward select on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    outcome: str | None = Field(None, min_length=1, max_length=64, description="e.g. won, lost, success, failure")
+    reward: float | None = Field(None, allow_inf_nan=False, description="the episode's return, set on all its rows")
+
+
 def create_app(runtime: Runtime, config: ServerConfig | None = None) -> FastAPI:
     """The FastAPI app serving `runtime` (build it once per process; it owns the model queue)."""
     config = config or ServerConfig()
@@ -273,6 +282,22 @@ def create_app(runtime: Runtime, config: ServerConfig | None = None) -> FastAPI:
         return JSONResponse({"namespace": ns, "rows": await asyncio.to_thread(memory.count, ns),
                              "episodes": len(episodes),
                              "sessions": sorted({e.episode_id for e in episodes})[:1000]})
+
+    @app.post("/v1/memory/episodes/{episode_id}/finish")
+    async def memory_finish(episode_id: str, body: EpisodeEnd, request: Request) -> Response:
+        found = caller_memory(request)
+        if isinstance(found, JSONResponse):
+            return found
+        memory, ns = found
+        try:
+            updated = await asyncio.to_thread(memory.finish_episode, episode_id, outcome=body.outcome,
+                                              reward=body.reward, namespace=ns)
+        except HullFTError as exc:
+            return error(400, str(exc))
+        if not updated:
+            return error(404, f"no rows of episode {episode_id!r} in namespace {ns!r}", kind="not_found_error")
+        return JSONResponse({"episode_id": episode_id, "updated": updated, "outcome": body.outcome,
+                             "reward": body.reward})
 
     @app.delete("/v1/memory/episodes/{episode_id}")
     async def memory_forget(episode_id: str, request: Request) -> Response:

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from hullft_agent.config import AdaptMode, AdaptOverrides, SelectionMethod
+from hullft_agent.config import AdaptMode, AdaptOverrides, LearnFrom, SelectionMethod
 from hullft_agent.errors import InvalidArgumentError
 from hullft_agent.runtime import Call, CallResult, SamplingParams
 from hullft_agent.runtime.engine import conversation_context
@@ -40,15 +40,27 @@ class HullftOptions(BaseModel):
     mode: AdaptMode | None = None
     same_task_only: bool | None = None
     max_instances: int | None = Field(None, ge=1)
+    learn_from: LearnFrom | None = Field(None, description="train only on these rows (kinds, actors, outcomes, "
+                                        "min_reward), e.g. the decisions of won episodes")
     task: str | None = Field(None, min_length=1, max_length=256)
     episode_id: str | None = Field(None, min_length=1, max_length=256)
+    actor: str | None = Field(None, description="who acted, on this request's decision row (default 'agent')")
+    reward: float | None = Field(None, allow_inf_nan=False, description="this step's reward, on its decision row")
+
+    @field_validator("learn_from")
+    @classmethod
+    def _no_sql(cls, value: LearnFrom | None) -> LearnFrom | None:
+        if value is not None and value.where is not None:
+            raise ValueError("learn_from.where is not accepted over HTTP (the memory is shared by every tenant); "
+                             "use kinds, actors, outcomes and min_reward")
+        return value
 
     def overrides(self, *, anonymous: bool) -> AdaptOverrides | None:
         """The adapter overrides; a request with no session or task adapts per_query unless it asks otherwise
         (anonymous requests share no adapter)."""
-        given = self.model_dump(include={"method", "n", "k", "lr", "refresh_interval", "mode", "same_task_only",
-                                         "max_instances"},
-                                exclude_none=True)
+        given = {name: getattr(self, name) for name in ("method", "n", "k", "lr", "refresh_interval", "mode",
+                                                         "same_task_only", "max_instances", "learn_from")
+                 if getattr(self, name) is not None}
         if anonymous:
             given.setdefault("mode", "per_query")
         return AdaptOverrides(**given) if given else None
@@ -222,6 +234,8 @@ def build_call(request: ChatCompletionRequest, *, namespace: str | None, session
         overrides=options.overrides(anonymous=task is None),
         log=options.log,
         log_metadata={"session": session} if session else {},
+        actor=options.actor or "agent",
+        reward=options.reward,
         **extra,
     )
 

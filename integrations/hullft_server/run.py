@@ -112,6 +112,14 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--no-adapt", action="store_true", dest="no_adapt", help="serve the unadapted model")
     parser.add_argument("--log-decisions", action="store_true", dest="log_decisions",
                         help="also log each exchange as a decision row (prompt -> answer)")
+    parser.add_argument("--learn-kinds", nargs="+", default=None, dest="learn_kinds", metavar="KIND",
+                        help="adapt only on rows of these kinds (e.g. decision); a request's hullft.learn_from "
+                        "replaces the server's")
+    parser.add_argument("--learn-outcomes", nargs="+", default=None, dest="learn_outcomes", metavar="OUTCOME",
+                        help="adapt only on rows of episodes that ended so (e.g. won; set by POST "
+                        "/v1/memory/episodes/{session}/finish)")
+    parser.add_argument("--learn-min-reward", type=float, default=None, dest="learn_min_reward", metavar="R",
+                        help="adapt only on rows whose reward is at least R")
     parser.add_argument("--prompt-format", choices=list(DECISION_FORMATS), default=None, dest="prompt_format",
                         help="answer every conversation trimmed to this decision format (nosys-h1: no system "
                         "messages, one earlier exchange); decision rows keep the trimmed prompt (default: all of it)")

@@ -12,8 +12,8 @@ import httpx
 import openai
 import pytest
 
-from hullft_agent.cli import build_parser
-from hullft_agent.config import DECISION_FORMATS, AdapterConfig
+from hullft_agent.cli import build_parser, serve_adapter_config
+from hullft_agent.config import DECISION_FORMATS, AdapterConfig, LearnFrom
 from hullft_agent.embedding import Embedder
 from hullft_agent.memory import TrajectoryMemory
 
@@ -66,3 +66,11 @@ def test_serve_answers_in_the_prompt_format_it_is_given():
     assert build_runtime(build_parser().parse_args(["serve", "--no-adapt"]), AdapterConfig()).prompt_format is None
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--prompt-format", "short"])
+
+
+def test_serve_flags_choose_the_rows_adaptation_learns_from():
+    args = build_parser().parse_args(["serve", "--learn-kinds", "decision", "--learn-outcomes", "won", "--mode",
+                                      "per_query"])
+    config = serve_adapter_config(args)
+    assert config.learn_from == LearnFrom(kinds=["decision"], outcomes=["won"]) and config.mode == "per_query"
+    assert serve_adapter_config(build_parser().parse_args(["serve"])).learn_from is None

@@ -120,3 +120,31 @@ def test_a_request_can_bound_its_training(serve):
         extra_body={"hullft": {"n": 4, "max_instances": 1}})
     adaptation = response.model_extra["hullft"]["adaptation"]
     assert adaptation["steps"] == 1 and adaptation["deferred"] == sum(adaptation["counts"]) - 1 == 3
+
+
+def test_a_client_logs_decisions_marks_won_sessions_and_learns_only_from_them(serve):
+    server = serve(api_keys=KEYS)
+    server.runtime.log_decisions = True
+    alice = client(server, "key-alice-0001")
+    headers = {"Authorization": "Bearer key-alice-0001"}
+
+    def ask(session: str, **hullft) -> dict:
+        return alice.chat.completions.create(model=MODEL, messages=ASK, seed=3, max_tokens=6, user=session,
+                                             extra_body={"hullft": hullft}).model_extra["hullft"]
+
+    won = ask("won-1", actor="expert", reward=1.0)
+    lost = ask("lost-1")
+    decision = next(r for r in server.memory.get(won["logged_ids"], namespace="alice") if r["kind"] == "decision")
+    assert (decision["metadata"]["actor"], decision["reward"]) == ("expert", 1.0)
+    finish = httpx.post(server.base_url + "/memory/episodes/won-1/finish", json={"outcome": "won"}, headers=headers,
+                        timeout=10)
+    assert finish.status_code == 200 and finish.json()["updated"] == len(won["logged_ids"])
+    assert httpx.post(server.base_url + "/memory/episodes/lost-1/finish", json={"outcome": "won"}, timeout=10,
+                      headers={"Authorization": "Bearer key-bob-0002"}).status_code == 404, "bob's namespace"
+    assert httpx.post(server.base_url + "/memory/episodes/lost-1/finish", json={}, headers=headers,
+                      timeout=10).status_code == 400
+    learned = ask("new-1", learn_from={"kinds": ["decision"], "outcomes": ["won"]})["adaptation"]
+    assert learned["selected_ids"] == [decision["id"]] and learned["decisions"] == 1 and learned["steps"] > 0
+    assert lost["logged_ids"] and not set(learned["selected_ids"]) & set(lost["logged_ids"])
+    with pytest.raises(openai.BadRequestError, match="where"):
+        ask("new-2", learn_from={"where": "1 = 1"})
