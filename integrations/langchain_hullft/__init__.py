@@ -7,10 +7,16 @@
 - `LanceDBStore`: a LangGraph long-term store on LanceDB whose items the adapter can learn from.
 """
 
+import importlib
+
 from hullft_agent.errors import ContextOverflowError, UnsupportedMessageError
-from hullft_agent.runtime import DEFAULT_MEMORY_KINDS, DEFAULT_SCORING, ChoiceResult, match_answer
-from langchain_hullft._runtime import get_adaptation_report
-from langchain_hullft.chat_models import ADAPTATION_FIELDS, CallOptions, ChatHullFT
+
+# Loaded on first use, so `from langchain_hullft import LanceDBStore` does not import torch and the model stack.
+_LAZY = {
+    **dict.fromkeys(("DEFAULT_MEMORY_KINDS", "DEFAULT_SCORING", "ChoiceResult", "match_answer"), "hullft_agent.runtime"),
+    "get_adaptation_report": "langchain_hullft._runtime",
+    **dict.fromkeys(("ADAPTATION_FIELDS", "CallOptions", "ChatHullFT"), "langchain_hullft.chat_models"),
+}
 
 __all__ = [
     "ADAPTATION_FIELDS",
@@ -30,6 +36,8 @@ __all__ = [
 
 
 def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     # the middleware needs the `langchain` package (the `langchain` extra); the chat model only langchain-core
     if name in ("HullFTMiddleware", "HullFTState", "find_chat_hullft"):
         try:

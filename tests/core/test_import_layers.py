@@ -7,6 +7,7 @@ by importing every module in a fresh interpreter and looking at what got loaded.
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -96,5 +97,18 @@ def test_importing_every_core_module_loads_no_framework():
         f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({FORBIDDEN_IN_CORE!r})))\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+
+
+def test_the_langgraph_store_imports_without_the_model_stack():
+    """A LangGraph app that only stores memories does not pay for torch and transformers at import."""
+    script = (
+        "import sys\n"
+        "from langchain_hullft import LanceDBStore, StoreCandidates\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'peft'}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "integrations")])}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
