@@ -398,14 +398,16 @@ class ChatHullFT(BaseChatModel):
         return self.runtime().context_limit()
 
     def fit_prompt(self, conversation: list[dict[str, str]], max_new: int) -> tuple[list[int], int]:
-        """Prompt ids that fit the context, and how many of the oldest messages were dropped.
+        """Prompt ids that fit the context (after trimming to `prompt_format`), and how many of the oldest
+        messages were dropped.
 
         The prompt may use the context minus min(max_tokens, context/2). Over that, the oldest
         non-system messages are dropped one at a time (never the last message) when
         `context_overflow='truncate_oldest'`; `ContextOverflowError` when it is 'error' or when the
         system prompt plus the last message alone do not fit.
         """
-        return self.runtime().fit_prompt(conversation, max_new)
+        runtime = self.runtime()
+        return runtime.fit_prompt(runtime.answered_prompt(conversation), max_new)
 
     # ------------------------------------------------------------------ choosing among given answers
     def choose(
