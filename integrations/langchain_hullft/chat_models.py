@@ -30,6 +30,7 @@ from hullft_agent.config import (
     AdaptMode,
     AdaptOverrides,
     DecisionFormat,
+    LearnFrom,
     SelectionMethod,
     decision_format,
 )
@@ -59,10 +60,10 @@ logger = logging.getLogger(__name__)
 
 #: Adaptation settings that can be overridden per instance, per call (kwargs) or per chain
 #: (`configurable_adaptation()`); None keeps the adapter's own configuration.
-ADAPTATION_FIELDS = ("method", "n_select", "k", "refresh_interval", "lr", "mode")
+ADAPTATION_FIELDS = ("method", "n_select", "k", "refresh_interval", "lr", "mode", "max_instances", "learn_from")
 #: ChatHullFT's name of each adaptation setting → its `AdaptOverrides` name.
 _OVERRIDE_NAMES = {"method": "method", "n_select": "n", "k": "k", "refresh_interval": "refresh_interval", "lr": "lr",
-                   "mode": "mode"}
+                   "mode": "mode", "max_instances": "max_instances", "learn_from": "learn_from"}
 #: Keyword arguments hosted chat models take that mean nothing for a local model; accepted and ignored.
 _IGNORED_INIT_KWARGS = ("api_key", "base_url", "max_retries", "organization")
 
@@ -88,6 +89,8 @@ class CallOptions(BaseModel):
     refresh_interval: int | None = Field(None, ge=1)
     lr: float | None = Field(None, gt=0)
     mode: AdaptMode | None = None
+    max_instances: int | None = Field(None, ge=1)
+    learn_from: LearnFrom | None = None
     log_metadata: dict[str, Any] | None = None
     actor: str | None = None
     reward: float | None = None
@@ -157,6 +160,9 @@ class ChatHullFT(BaseChatModel):
     refresh_interval: int | None = Field(None, ge=1, description="r: fresh gradient every r repeats")
     lr: float | None = Field(None, gt=0)
     mode: AdaptMode | None = None
+    max_instances: int | None = Field(None, ge=1, description="train at most this many instances per call, heaviest first")
+    learn_from: LearnFrom | None = Field(None, description="train only on these memory rows (e.g. decisions of won "
+                                         "episodes: LearnFrom(kinds=['decision'], outcomes=['won']))")
     on_adapt_error: Literal["fallback", "raise"] = Field(
         "fallback", description="an exception inside adaptation: answer unadapted and report it, or raise"
     )
@@ -264,7 +270,10 @@ class ChatHullFT(BaseChatModel):
             "stop": self.stop,
             "adapter": self.adapter is not None,
         }
-        params.update({name: getattr(self, name) for name in ADAPTATION_FIELDS if getattr(self, name) is not None})
+        for name in ADAPTATION_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                params[name] = value.model_dump(exclude_none=True) if isinstance(value, BaseModel) else value
         return params
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
@@ -299,7 +308,8 @@ class ChatHullFT(BaseChatModel):
         """This model with the adaptation settings exposed as configurable fields.
 
         `chain.invoke(x, config={"configurable": {"n_select": 4, "mode": "per_task"}})`; ids are the
-        field names (method, n_select, k, refresh_interval, lr, mode), optionally prefixed.
+        field names (method, n_select, k, refresh_interval, lr, mode, max_instances, learn_from), optionally
+        prefixed.
         """
         descriptions = {
             "method": "selection method: hullft, knn, sift or none",
@@ -308,6 +318,8 @@ class ChatHullFT(BaseChatModel):
             "refresh_interval": "r, fresh gradient every r repeats",
             "lr": "LoRA learning rate",
             "mode": "per_query (reset after each call) or per_task (keep one adapter per task)",
+            "max_instances": "train at most this many instances per call, heaviest first",
+            "learn_from": "which memory rows to train on (kinds, actors, outcomes, min_reward, where)",
         }
         return self.configurable_fields(
             **{name: ConfigurableField(id=prefix + name, name=name, description=descriptions[name])

@@ -260,6 +260,20 @@ def test_decisions_are_logged_and_later_calls_learn_only_from_won_episodes(memor
     assert not report.excluded
 
 
+def test_a_call_chooses_the_rows_it_learns_from_and_bounds_its_training(memory):
+    chat = make_chat(memory, log_decisions=True, max_tokens=4)
+    first = chat.invoke(QUESTION, task="a", episode_id="run-1")
+    decision = next(r for r in memory.get(first.response_metadata["hullft"]["logged_ids"]) if r["kind"] == "decision")
+    memory.finish_episode("run-1", outcome="won")
+    wins = LearnFrom(kinds=["decision"], outcomes=["won"])
+    learned = get_adaptation_report(chat.invoke(QUESTION, task="a", log=False, learn_from=wins))
+    assert learned.selected_ids == [decision["id"]] and learned.decisions == 1
+    bounded = get_adaptation_report(chat.invoke(QUESTION, log=False, max_instances=1))
+    assert bounded.steps == 1 and bounded.deferred == sum(bounded.counts) - 1 > 0
+    configured = chat.configurable_adaptation().invoke(QUESTION, config={"configurable": {"max_instances": 2}}, log=False)
+    assert get_adaptation_report(configured).steps == 2
+
+
 def test_a_prompt_format_answers_and_logs_the_trimmed_messages(memory):
     whole = [SystemMessage("cook"), HumanMessage("a kitchen"), AIMessage("look"), HumanMessage(QUESTION)]
     trimmed = [HumanMessage(QUESTION)]  # nosys-h0: no system prompt, no earlier messages
