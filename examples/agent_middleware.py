@@ -14,8 +14,9 @@ agent run is one model call; the thread's checkpointer keeps the conversation). 
   few LoRA steps; in per_task mode the thread's adapter is kept and trained further on the next turn;
 - after it: logs the step (the observation and the command) to memory under the thread's episode.
 
-Thread `game-1` plays three turns; then a new thread `game-2` starts, and its adaptation can already
-select what `game-1` logged.
+Thread `game-1` plays three turns, each answer also logged as a decision row (the prompt the model
+answered and its command); the game is then marked won, and a new thread `game-2` adapts only on
+decisions of won games: what `game-1` did.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from langchain_hullft import ChatHullFT, HullFTMiddleware, get_adaptation_report
 from langgraph.checkpoint.memory import InMemorySaver
 
 from hullft_agent import AdapterConfig, Embedder, FinetuneConfig, SelectionConfig
+from hullft_agent.config import LearnFrom
 from hullft_agent.memory import TrajectoryMemory
 
 PAST_EPISODES = {
@@ -110,11 +112,13 @@ def main() -> None:
             chat,
             tools=[],
             system_prompt=SYSTEM,
-            middleware=[HullFTMiddleware(mode="per_task")],
+            middleware=[HullFTMiddleware(mode="per_task", log_decisions=True)],
             checkpointer=InMemorySaver(),
         )
         play(agent, memory, "game-1", GAME_1)
-        print()
+        memory.finish_episode("game-1", outcome="won")
+        chat.learn_from = LearnFrom(kinds=["decision"], outcomes=["won"])  # from now on: decisions of won games only
+        print("\ngame-1 marked won; later calls adapt only on decisions of won games\n")
         play(agent, memory, "game-2", GAME_2)
         print(f"\nmemory now holds {memory.count()} rows")
     print(f"done in {time.perf_counter() - start:.1f} s")
