@@ -509,7 +509,8 @@ class Runtime:
         """
         with self.lock:
             t0 = time.perf_counter()
-            ids, dropped = self.fit_prompt(self.answered_prompt(call.conversation), reserve, call.active_tools)
+            prompt = self.answered_prompt(call.conversation)
+            ids, dropped = self.fit_prompt(prompt, reserve, call.active_tools)
             timings = {"prompt": time.perf_counter() - t0}
             report, use_base, mode = self._adapt(call)
             timings["adapt"] = report.timings.get("total", 0.0)
@@ -521,7 +522,7 @@ class Runtime:
             finally:
                 if self.adapter is not None and mode == "per_query":
                     self.adapter.reset()  # the next call (any thread) starts from the base model
-        self._log(call, result)
+        self._log(call, result, prompt)
         return result
 
     def _adapt(self, call: Call) -> tuple[AdaptationReport, bool, str]:
@@ -561,7 +562,8 @@ class Runtime:
         else:
             yield self.model
 
-    def _log(self, call: Call, result: CallResult) -> None:
+    def _log(self, call: Call, result: CallResult, prompt: Conversation) -> None:
+        """Log the exchange; a decision row keeps `prompt`, the messages the model answered."""
         if self.memory is None or not call.log:
             return
         inputs = call.log_inputs
@@ -580,7 +582,7 @@ class Runtime:
                           "metadata": {"role": ASSISTANT, "tool_call_id": tool_call.id, "name": tool_call.name,
                                        "source": self.log_source, **call.log_metadata}})
         if self.log_decisions and result.text.strip() and call.context.strip():
-            steps.append(decision_step(call.context, self.answered_prompt(call.conversation), result.text, actor=call.actor,
+            steps.append(decision_step(call.context, prompt, result.text, actor=call.actor,
                                        reward=call.reward, metadata={"model": self.name, **result.log_extra}))
         if not steps:
             return
